@@ -1,0 +1,412 @@
+"""The encode stage: rows -> integer codes, with everything frozen in the baseline.
+
+A :class:`Layout` fixes the cells of every statistic: slice values (top-K per column, by
+exact count, ties broken by value, plus ``__other__`` and ``__null__``), the fine score
+edges (baseline score quantiles plus every decile and decision threshold), feature edges and
+categories. It is computed once from the evaluation data and stored in the baseline, so
+every batch, file, partition and worker encodes the same way.
+
+:func:`encode_batch` turns one Arrow batch into the codes the accumulator counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.errors import ConfigError
+
+OTHER = "__other__"
+NULL = "__null__"
+
+#: Log-loss clipping: p is clipped to [LOG_EPS, 1 - LOG_EPS] (sklearn's float64 habit).
+LOG_EPS = 1e-15
+#: At most this many distinct values per categorical column are remembered as "seen".
+MAX_SEEN_VALUES = 100_000
+#: Label states of a row.
+LABEL_NEG, LABEL_POS, LABEL_MISSING = 0, 1, 2
+N_LABEL_STATES = 3
+
+
+@dataclass(frozen=True)
+class CategoricalCodes:
+    """Top-K values of a categorical column and the codes of the folded tail and nulls.
+
+    Codes are ``0..K-1`` for ``values`` (in order), ``K`` for ``__other__``, ``K+1`` for
+    ``__null__``.
+    """
+
+    values: tuple[str, ...]
+    #: Every value seen in the baseline (for unseen-value findings); None if too many.
+    seen: frozenset[str] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.values) + 2
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The slice value of each code."""
+        return self.values + (OTHER, NULL)
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """How one feature is binned.
+
+    Numeric: ``edges`` are baseline quantiles (deciles are a subset: ``decile_bins`` maps
+    each fine bin to its decile), bin ``len(edges) + 1`` holds NaN/null. Categorical:
+    ``categories`` codes.
+    """
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    edges: np.ndarray | None = None
+    decile_bins: np.ndarray | None = None
+    low: float = 0.0
+    high: float = 1.0
+    categories: CategoricalCodes | None = None
+
+    @property
+    def n_bins(self) -> int:
+        if self.kind == "numeric":
+            return len(self.edges) + 2  # + the missing bin
+        return self.categories.size
+
+
+def _unique_sorted(values: Iterable[float]) -> np.ndarray:
+    arr = np.unique(np.asarray(list(values), dtype=np.float64))
+    return arr[np.isfinite(arr)]
+
+
+def quantile_edges(sample: np.ndarray, n_bins: int, lo: float = -np.inf, hi: float = np.inf) -> np.ndarray:
+    """Interior edges at the ``k / n_bins`` quantiles of ``sample``, de-duplicated.
+
+    Edges equal to the sample minimum are dropped (the first bin would be empty), and only
+    edges strictly inside ``(lo, hi)`` are kept.
+    """
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return np.zeros(0)
+    q = np.quantile(sample, np.arange(1, n_bins) / n_bins, method="inverted_cdf")
+    q = np.unique(q)
+    q = q[(q > sample.min()) & (q > lo) & (q < hi)]
+    return q.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything that fixes the cells; built from the baseline, then frozen.
+
+    Slice index ``0`` is the whole population; slice dimension ``d`` (a slice column, or a
+    cross of two) owns slices ``slice_offsets[d] .. slice_offsets[d] + n_d - 1``.
+    """
+
+    slice_columns: tuple[str, ...]
+    slice_codes: dict[str, CategoricalCodes]
+    crosses: tuple[tuple[str, str], ...]
+    thresholds: tuple[float, ...]
+    #: Fine score edges: quantiles, deciles and thresholds, strictly increasing, in (0, 1).
+    score_edges: np.ndarray
+    #: Score deciles (a subset of ``score_edges``).
+    decile_edges: np.ndarray
+    #: Coarse grid for the bootstrap: calibration edges plus ~64 quantiles (subset of fine).
+    coarse_edges: np.ndarray
+    features: tuple[FeatureLayout, ...] = ()
+    delta_edges: np.ndarray = field(default_factory=lambda: default_delta_edges())
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def calib_edges(self) -> np.ndarray:
+        """Calibration bins: score deciles split at every threshold (subset of fine edges)."""
+        return np.union1d(self.decile_edges, np.asarray(self.thresholds, dtype=np.float64))
+
+    @property
+    def n_fine(self) -> int:
+        return len(self.score_edges) + 1
+
+    @property
+    def dims(self) -> list[tuple[str, ...]]:
+        """The slice dimensions: each column, then each cross."""
+        return [(c,) for c in self.slice_columns] + [tuple(x) for x in self.crosses]
+
+    def dim_size(self, dim: tuple[str, ...]) -> int:
+        size = 1
+        for col in dim:
+            size *= self.slice_codes[col].size
+        return size
+
+    @property
+    def slice_offsets(self) -> np.ndarray:
+        """First slice index of each dimension (slice 0 is the whole population)."""
+        sizes = [self.dim_size(d) for d in self.dims]
+        return (1 + np.concatenate([[0], np.cumsum(sizes)[:-1]])).astype(np.int64) if sizes else np.zeros(0, np.int64)
+
+    @property
+    def n_slices(self) -> int:
+        return 1 + sum(self.dim_size(d) for d in self.dims)
+
+    def slice_labels(self) -> list[dict[str, str]]:
+        """The ``slice`` mapping of every slice index (``{}`` for the whole population)."""
+        labels: list[dict[str, str]] = [{}]
+        for dim in self.dims:
+            per_col = [self.slice_codes[c].labels for c in dim]
+            grids = np.meshgrid(*[np.arange(len(v)) for v in per_col], indexing="ij")
+            for idx in zip(*[g.ravel() for g in grids]):
+                labels.append({c: per_col[k][i] for k, (c, i) in enumerate(zip(dim, idx))})
+        return labels
+
+    def slice_keys(self) -> np.ndarray:
+        """A stable 64-bit key per slice, from its meaning (column=value pairs)."""
+        return np.array([stable_key(json.dumps(s, sort_keys=True)) for s in self.slice_labels()], dtype=np.uint64)
+
+    def fine_to(self, edges: np.ndarray) -> np.ndarray:
+        """Map each fine score bin to the bin of a coarser subset of its edges."""
+        lower = np.concatenate([[-np.inf], self.score_edges])
+        return np.searchsorted(edges, lower, side="right").astype(np.int32)
+
+    def threshold_bins(self) -> np.ndarray:
+        """Fine-bin index of each threshold: ``score >= t`` iff ``bin >= threshold_bins``."""
+        return np.searchsorted(self.score_edges, np.asarray(self.thresholds), side="left").astype(np.int64) + 1
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        def cat(c: CategoricalCodes) -> dict[str, Any]:
+            return {"values": list(c.values), "seen": None if c.seen is None else sorted(c.seen)}
+
+        return {
+            "slice_columns": list(self.slice_columns),
+            "slice_codes": {k: cat(v) for k, v in self.slice_codes.items()},
+            "crosses": [list(x) for x in self.crosses],
+            "thresholds": list(self.thresholds),
+            "score_edges": self.score_edges.tolist(),
+            "decile_edges": self.decile_edges.tolist(),
+            "coarse_edges": self.coarse_edges.tolist(),
+            "delta_edges": self.delta_edges.tolist(),
+            "features": [
+                {
+                    "name": f.name,
+                    "kind": f.kind,
+                    "edges": None if f.edges is None else f.edges.tolist(),
+                    "decile_bins": None if f.decile_bins is None else f.decile_bins.tolist(),
+                    "low": f.low,
+                    "high": f.high,
+                    "categories": None if f.categories is None else cat(f.categories),
+                }
+                for f in self.features
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Layout":
+        def cat(c: dict[str, Any] | None) -> CategoricalCodes | None:
+            if c is None:
+                return None
+            return CategoricalCodes(tuple(c["values"]), None if c["seen"] is None else frozenset(c["seen"]))
+
+        arr = lambda x: None if x is None else np.asarray(x, dtype=np.float64)  # noqa: E731
+        return cls(
+            slice_columns=tuple(d["slice_columns"]),
+            slice_codes={k: cat(v) for k, v in d["slice_codes"].items()},
+            crosses=tuple(tuple(x) for x in d["crosses"]),
+            thresholds=tuple(d["thresholds"]),
+            score_edges=arr(d["score_edges"]),
+            decile_edges=arr(d["decile_edges"]),
+            coarse_edges=arr(d["coarse_edges"]),
+            delta_edges=arr(d["delta_edges"]),
+            features=tuple(
+                FeatureLayout(
+                    name=f["name"],
+                    kind=f["kind"],
+                    edges=arr(f["edges"]),
+                    decile_bins=None if f["decile_bins"] is None else np.asarray(f["decile_bins"], dtype=np.int32),
+                    low=f["low"],
+                    high=f["high"],
+                    categories=cat(f["categories"]),
+                )
+                for f in d["features"]
+            ),
+        )
+
+    def fingerprint(self) -> str:
+        """A hash of the layout: statistics merge only when their layouts agree."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stable_key(text: str) -> int:
+    """A 64-bit key from text, the same on every machine and Python run."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def default_delta_edges(n_bins: int = 256) -> np.ndarray:
+    """|online - offline| histogram edges: 0 gets its own bin, then log-spaced 1e-7 .. 1."""
+    return np.concatenate([[1e-12], np.geomspace(1e-7, 1.0, n_bins - 1)])
+
+
+# ---------------------------------------------------------------------- building the layout
+class LayoutBuilder:
+    """First pass over the evaluation data: exact value counts and a score/feature sample.
+
+    Top-K uses exact counts over every row. Quantile edges come from a deterministic sample
+    (every row while the table is small, a stride-based subsample beyond ``max_sample``); the
+    edges need not be exact quantiles, since counts are exact for whatever edges are frozen.
+    """
+
+    def __init__(
+        self,
+        slice_columns: Iterable[str],
+        features: dict[str, str],
+        thresholds: Iterable[float],
+        *,
+        score_column: str = "score",
+        top_k: int = 100,
+        score_bins: int = 1024,
+        crosses: Iterable[tuple[str, str]] = (),
+        max_sample: int = 4_000_000,
+    ) -> None:
+        self.slice_columns = tuple(slice_columns)
+        self.features = dict(features)
+        self.thresholds = tuple(sorted(set(float(t) for t in thresholds)))
+        self.score_column = score_column
+        self.top_k = top_k
+        self.score_bins = score_bins
+        self.crosses = tuple(tuple(c) for c in crosses)
+        self.max_sample = max_sample
+        cat_cols = list(self.slice_columns) + [f for f, k in self.features.items() if k == "categorical"]
+        self._counts: dict[str, Counter] = {c: Counter() for c in cat_cols}
+        self._samples: dict[str, list[np.ndarray]] = {self.score_column: []}
+        self._samples.update({f: [] for f, k in self.features.items() if k == "numeric"})
+        self._rows = 0
+
+    def update(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Count values and sample numbers from one batch."""
+        self._rows += batch.num_rows
+        for col, counter in self._counts.items():
+            vc = pc.value_counts(_as_string(batch.column(col)))
+            for item in vc.to_pylist():
+                counter[item["values"] if item["values"] is not None else None] += item["counts"]
+        for col, chunks in self._samples.items():
+            values = _to_float(batch.column(col))
+            chunks.append(values[np.isfinite(values)])
+        total = sum(c.size for c in self._samples[self.score_column])
+        if total > 2 * self.max_sample:  # keep memory bounded: thin every sample by 2
+            for col, chunks in self._samples.items():
+                merged = np.concatenate(chunks) if chunks else np.zeros(0)
+                self._samples[col] = [merged[::2]]
+
+    def build(self) -> Layout:
+        """Freeze the layout."""
+        slice_codes = {c: self._top_k(c) for c in self.slice_columns}
+        scores = np.concatenate(self._samples[self.score_column]) if self._samples[self.score_column] else np.zeros(0)
+        scores = scores[(scores >= 0) & (scores <= 1)]
+        if scores.size == 0:
+            raise ConfigError("The evaluation data has no valid score in [0, 1]; cannot build a baseline.")
+        deciles = quantile_edges(scores, 10, 0.0, 1.0)
+        fine = quantile_edges(scores, self.score_bins, 0.0, 1.0)
+        thresholds = np.asarray(self.thresholds, dtype=np.float64)
+        score_edges = _unique_sorted(np.concatenate([fine, deciles, thresholds]))
+        coarse = quantile_edges(scores, 64, 0.0, 1.0)
+        coarse_edges = _unique_sorted(np.concatenate([coarse, deciles, thresholds]))
+        features = []
+        for name, kind in self.features.items():
+            if kind == "numeric":
+                values = np.concatenate(self._samples[name]) if self._samples[name] else np.zeros(0)
+                dec = quantile_edges(values, 10)
+                edges = _unique_sorted(np.concatenate([quantile_edges(values, 32), dec]))
+                lower = np.concatenate([[-np.inf], edges])
+                decile_bins = np.searchsorted(dec, lower, side="right").astype(np.int32)
+                low = float(values.min()) if values.size else 0.0
+                high = float(values.max()) if values.size else 1.0
+                features.append(FeatureLayout(name, "numeric", edges, decile_bins, low, high))
+            elif kind == "categorical":
+                features.append(FeatureLayout(name, "categorical", categories=self._top_k(name)))
+            else:
+                raise ConfigError(f"The kind of feature '{name}' must be 'numeric' or 'categorical'. Got {kind!r} instead.")
+        return Layout(
+            slice_columns=self.slice_columns,
+            slice_codes=slice_codes,
+            crosses=self.crosses,
+            thresholds=self.thresholds,
+            score_edges=score_edges,
+            decile_edges=deciles,
+            coarse_edges=coarse_edges,
+            features=tuple(features),
+        )
+
+    def _top_k(self, col: str) -> CategoricalCodes:
+        counter = self._counts[col]
+        items = [(v, n) for v, n in counter.items() if v is not None]
+        # exact count, ties broken by value: the same top-K on any machine
+        items.sort(key=lambda vn: (-vn[1], vn[0]))
+        values = tuple(v for v, _ in items[: self.top_k])
+        seen = frozenset(v for v, _ in items) if len(items) <= MAX_SEEN_VALUES else None
+        return CategoricalCodes(values, seen)
+
+
+# ---------------------------------------------------------------------- encoding a batch
+def _as_string(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(pa.string()) if not pa.types.is_string(col.type.value_type) else col
+        return col
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col
+    return pc.cast(col, pa.string())
+
+
+def _to_float(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as float64 numpy, nulls as NaN."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_boolean(col.type):
+        col = pc.cast(col, pa.int8())
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_decimal(col.type)):
+        col = pc.cast(col, pa.float64())
+    out = col.to_numpy(zero_copy_only=False)
+    if out.dtype != np.float64 and out.dtype != np.float32:
+        out = out.astype(np.float64)
+    return out
+
+
+def categorical_codes(col: pa.Array | pa.ChunkedArray, codes: CategoricalCodes) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of a column's values, and a mask of values never seen in the baseline.
+
+    Dictionary-encoded columns are mapped once per dictionary, then gathered by index.
+    """
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(_as_string(col) if not pa.types.is_integer(col.type) else col)
+    dictionary = _as_string(col.dictionary)
+    k = len(codes.values)
+    value_set = pa.array(list(codes.values), type=pa.string())
+    dict_codes = pc.index_in(dictionary, value_set=value_set).to_numpy(zero_copy_only=False)
+    dict_codes = np.where(np.isnan(dict_codes.astype(np.float64)), k, dict_codes).astype(np.int32)
+    if codes.seen is not None:
+        seen_set = pa.array(sorted(codes.seen), type=pa.string())
+        dict_unseen = ~pc.is_in(dictionary, value_set=seen_set).to_numpy(zero_copy_only=False)
+    else:
+        dict_unseen = np.zeros(len(dictionary), dtype=bool)
+    indices = col.indices
+    is_null = indices.is_null().to_numpy(zero_copy_only=False) | _null_values(col)
+    idx = indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    out = dict_codes[idx] if len(dict_codes) else np.full(len(idx), k, np.int32)
+    unseen = dict_unseen[idx] if len(dict_unseen) else np.zeros(len(idx), bool)
+    out = np.where(is_null, k + 1, out).astype(np.int32)
+    return out, unseen & ~is_null
+
+
+def _null_values(col: pa.DictionaryArray) -> np.ndarray:
+    # a dictionary may itself hold a null value
+    dnull = col.dictionary.is_null().to_numpy(zero_copy_only=False)
+    if not dnull.any():
+        return np.zeros(len(col), dtype=bool)
+    return dnull[col.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)]

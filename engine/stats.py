@@ -1,0 +1,370 @@
+"""The accumulate stage: sufficient statistics per cell, mergeable by addition.
+
+Every statistic is an int64 array of cells. Counts are exact; sums of bounded quantities are
+fixed-point integers (``rint(x * 2**bits)``), so any batch size, batch order, partitioning,
+backend or number of workers gives bit-identical statistics. Nothing after this stage
+touches rows.
+
+Grids (``S`` slices, ``F`` fine score bins, ``C`` calibration bins, ``T`` thresholds):
+
+========== ======================== ==========================================================
+grid       cells                    values (row 0 is always the count)
+========== ======================== ==========================================================
+score      (S, 3, F)                label state x online fine score bin
+offline    (S, 3, F)                label state x offline (replay) fine score bin
+calib      (S, 3, C)                + sums of p, p^2, log-loss term, its square (online score)
+calib_off  (S, 3, C)                the same for the offline score
+feature    (S, J, B)                per feature: bin (numeric: quantile bins + missing bin)
+joint      (S, (T+1)^2)             (#thresholds <= online, #thresholds <= offline): flips
+delta      (S, D)                   |online - offline| histogram + sums of |d| and d^2
+value      (S, 3)                   label state + sums of value and value^2
+dq         (S, Q)                   data-quality flags (see ``DQ_FLAGS``), plus one per
+                                    categorical column for values unseen in the baseline
+========== ======================== ==========================================================
+
+Label states are 0 (negative), 1 (positive), 2 (missing or invalid: never a negative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from engine.encode import (
+    LABEL_MISSING,
+    LOG_EPS,
+    N_LABEL_STATES,
+    Layout,
+    _to_float,
+    categorical_codes,
+)
+from engine.errors import StatisticsError
+
+#: Fixed-point resolutions (bits after the binary point) of each summed quantity.
+#: Bounded in [0, 1]: 2**-32. Log-loss terms are at most -log(1e-15) = 34.5: 2**-32 keeps
+#: 2**31 / 34.5 = 62M worst-case rows per cell (typical terms are < 1: billions). Squares of
+#: log-loss terms only feed the bootstrap's within-cell spread: 2**-20. Values (revenue) are
+#: unbounded: 2**-16, with an overflow check on every merge.
+P_BITS = 32
+LL_BITS = 32
+LL2_BITS = 20
+VALUE_BITS = 16
+VALUE2_BITS = 0
+
+DQ_FLAGS = (
+    "rows",
+    "valid_score",
+    "invalid_score",
+    "has_offline",
+    "invalid_offline_score",
+    "has_label",
+    "invalid_label",
+    "null_key",
+    "unseen_value",
+)
+
+#: Canonical batch columns the accumulator reads (the join stage renames to these).
+SCORE, OFFLINE_SCORE, LABEL, VALUE, KEY_NULL = "score", "offline_score", "label", "value", "__key_null"
+
+
+def to_fixed(x: np.ndarray, bits: int) -> np.ndarray:
+    """``rint(x * 2**bits)`` as int64: exact, order-independent sums."""
+    return np.rint(np.asarray(x, dtype=np.float64) * float(2**bits)).astype(np.int64)
+
+
+def from_fixed(x: np.ndarray, bits: int) -> np.ndarray:
+    """Back to float64."""
+    return np.asarray(x, dtype=np.float64) / float(2**bits)
+
+
+@dataclass
+class Statistics:
+    """Mergeable sufficient statistics of one table role (``baseline`` or ``online``).
+
+    ``raw[name]`` is ``(1 + V, R, *inner)`` over the ``R`` slices of the slice dimensions
+    (without the whole population, which :meth:`grid` derives exactly by summing the first
+    dimension: every row has exactly one code there).
+    """
+
+    layout_id: str
+    n_raw: int
+    whole_from: int  # number of raw slices (from 0) that partition the population
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: int = 0
+
+    def merge(self, other: "Statistics") -> "Statistics":
+        """Cell-wise sum (a commutative monoid: ``zero`` is the identity)."""
+        if other.layout_id != self.layout_id or set(other.raw) != set(self.raw):
+            raise StatisticsError(
+                "Statistics of different layouts cannot be merged "
+                f"({self.layout_id} vs {other.layout_id})."
+            )
+        merged = {}
+        for name, a in self.raw.items():
+            b = other.raw[name]
+            total = a + b
+            # every summed quantity except 'value' is non-negative: a wrap shows as a drop
+            if name != "value" and (total < np.maximum(a, b)).any():
+                raise StatisticsError(f"Fixed-point overflow in the '{name}' statistics.")
+            merged[name] = total
+        return Statistics(self.layout_id, self.n_raw, self.whole_from, merged, self.rows + other.rows)
+
+    def __add__(self, other: "Statistics") -> "Statistics":
+        return self.merge(other)
+
+    def grid(self, name: str) -> np.ndarray:
+        """``(1 + V, S, *inner)``: slice 0 is the whole population."""
+        raw = self.raw[name]
+        whole = raw[:, : self.whole_from].sum(axis=1, keepdims=True)
+        if self.n_raw == 1 and self.whole_from == 1:
+            return whole  # no slice columns: the only slice is the population
+        return np.concatenate([whole, raw], axis=1)
+
+    def equal(self, other: "Statistics") -> bool:
+        """Bit-identical statistics."""
+        return (
+            self.layout_id == other.layout_id
+            and set(self.raw) == set(other.raw)
+            and all(np.array_equal(self.raw[k], other.raw[k]) for k in self.raw)
+        )
+
+    def to_npz(self, path) -> None:
+        """Save (lossless)."""
+        np.savez_compressed(
+            path,
+            __meta__=np.array([self.layout_id, str(self.n_raw), str(self.whole_from), str(self.rows)]),
+            **self.raw,
+        )
+
+    @classmethod
+    def from_npz(cls, path) -> "Statistics":
+        with np.load(path, allow_pickle=False) as f:
+            layout_id, n_raw, whole_from, rows = f["__meta__"].tolist()
+            raw = {k: f[k] for k in f.files if k != "__meta__"}
+        return cls(layout_id, int(n_raw), int(whole_from), raw, int(rows))
+
+
+class Accumulator:
+    """zero / update(batch) / merge / finalize for one layout, one role, one backend.
+
+    Parameters
+    ----------
+    layout : Layout
+    kernels : kernels._api.Kernels
+    paired : bool
+        Whether batches carry an ``offline_score`` column (online ⟕ offline).
+    with_value : bool
+        Whether batches carry a ``value`` column.
+    """
+
+    def __init__(self, layout: Layout, kernels, *, paired: bool = False, with_value: bool = False) -> None:
+        self.layout = layout
+        self.kernels = kernels
+        self.paired = paired
+        self.with_value = with_value
+        self.layout_id = layout.fingerprint()
+        self._dims = layout.dims
+        sizes = [layout.dim_size(d) for d in self._dims]
+        self._n_raw = max(1, sum(sizes))
+        self._whole_from = sizes[0] if sizes else 1
+        self._dim_offsets = (
+            np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(1, np.int64)
+        )
+        self._fine_to_calib = layout.fine_to(layout.calib_edges)
+        self._n_calib = len(layout.calib_edges) + 1
+        self._n_fine = layout.n_fine
+        self._thresholds = np.asarray(layout.thresholds, dtype=np.float64)
+        self._feature_bins = max([f.n_bins for f in layout.features], default=1)
+        self._categorical = [c for c in layout.slice_columns] + [
+            f.name for f in layout.features if f.kind == "categorical"
+        ]
+        self._dq_flags = DQ_FLAGS + tuple(f"unseen:{c}" for c in self._categorical)
+
+    # ------------------------------------------------------------------ shapes
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        L, T = N_LABEL_STATES, len(self._thresholds)
+        shapes = {
+            "score": (1, self._n_raw, L, self._n_fine),
+            "calib": (5, self._n_raw, L, self._n_calib),
+            "feature": (1, self._n_raw, max(1, len(self.layout.features)), self._feature_bins),
+            "dq": (1, self._n_raw, len(self._dq_flags)),
+        }
+        if self.paired:
+            shapes["offline"] = (1, self._n_raw, L, self._n_fine)
+            shapes["calib_off"] = (5, self._n_raw, L, self._n_calib)
+            shapes["joint"] = (1, self._n_raw, (T + 1) ** 2)
+            shapes["delta"] = (3, self._n_raw, len(self.layout.delta_edges) + 1)
+        if self.with_value:
+            shapes["value"] = (3, self._n_raw, L)
+        return shapes
+
+    @property
+    def dq_flags(self) -> tuple[str, ...]:
+        return self._dq_flags
+
+    def zero(self) -> Statistics:
+        """The identity of :meth:`Statistics.merge`."""
+        raw = {k: np.zeros(s, dtype=np.int64) for k, s in self._shapes().items()}
+        return Statistics(self.layout_id, self._n_raw, self._whole_from, raw, 0)
+
+    # ------------------------------------------------------------------ one batch
+    def slice_codes(self, batch: pa.RecordBatch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(D, n)`` slice codes per dimension and the unseen-value mask per column."""
+        n = batch.num_rows
+        per_col: dict[str, np.ndarray] = {}
+        unseen: dict[str, np.ndarray] = {}
+        for col in self.layout.slice_columns:
+            per_col[col], unseen[col] = categorical_codes(batch.column(col), self.layout.slice_codes[col])
+        rows = []
+        for dim in self._dims:
+            code = np.zeros(n, dtype=np.int64)
+            for col in dim:
+                code = code * self.layout.slice_codes[col].size + per_col[col]
+            rows.append(code.astype(np.int32))
+        if not rows:
+            rows.append(np.zeros(n, dtype=np.int32))
+        return np.stack(rows), unseen
+
+    def update(self, stats: Statistics, batch: pa.RecordBatch | pa.Table) -> Statistics:
+        """Add one batch to ``stats`` (returns the merged statistics)."""
+        return stats.merge(self.batch_statistics(batch))
+
+    def batch_statistics(self, batch: pa.RecordBatch | pa.Table) -> Statistics:
+        """The statistics of one batch (O(cells) memory)."""
+        if isinstance(batch, pa.Table):
+            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
+        k = self.kernels
+        n = batch.num_rows
+        shapes = self._shapes()
+        out: dict[str, np.ndarray] = {}
+        outer, unseen = self.slice_codes(batch)
+        offs = self._dim_offsets
+
+        def hist(name: str, inner: np.ndarray, weights: np.ndarray | None = None, inner_size: int | None = None) -> None:
+            # one inner row: the code spans all inner axes; several rows: one axis each
+            shape = shapes[name]
+            if inner_size is None:
+                inner_size = int(np.prod(shape[2:])) if inner.shape[0] == 1 else int(shape[-1])
+            n_cells = int(np.prod(shape[1:]))
+            counts = k.histogram(outer, offs, inner, inner_size, n_cells, weights)
+            out[name] = np.asarray(counts).reshape(shape)
+
+        # ---- scores and labels
+        score = _to_float(batch.column(SCORE)).astype(np.float64)
+        valid_score = (score >= 0.0) & (score <= 1.0)  # NaN compares False
+        invalid_score = ~valid_score
+        fine = np.asarray(k.bin_index(np.where(valid_score, score, np.nan), self.layout.score_edges))
+        label_state, has_label, invalid_label = self._labels(batch, n)
+        score_inner = np.where(valid_score, label_state * self._n_fine + fine, -1).astype(np.int32)
+        hist("score", score_inner[None, :])
+        calib = self._fine_to_calib[np.maximum(fine, 0)]
+        calib_inner = np.where(valid_score, label_state * self._n_calib + calib, -1).astype(np.int32)
+        hist("calib", calib_inner[None, :], self._calib_weights(score, valid_score, label_state))
+
+        # ---- paired: offline replay of the same request
+        if self.paired:
+            off = _to_float(batch.column(OFFLINE_SCORE)).astype(np.float64)
+            present = ~np.isnan(off)
+            valid_off = (off >= 0.0) & (off <= 1.0)
+            invalid_off = present & ~valid_off
+            fine_off = np.asarray(k.bin_index(np.where(valid_off, off, np.nan), self.layout.score_edges))
+            hist("offline", np.where(valid_off, label_state * self._n_fine + fine_off, -1).astype(np.int32)[None, :])
+            calib_off = self._fine_to_calib[np.maximum(fine_off, 0)]
+            hist(
+                "calib_off",
+                np.where(valid_off, label_state * self._n_calib + calib_off, -1).astype(np.int32)[None, :],
+                self._calib_weights(off, valid_off, label_state),
+            )
+            both = valid_score & valid_off
+            T = len(self._thresholds)
+            t_on = np.searchsorted(self._thresholds, score, side="right")
+            t_off = np.searchsorted(self._thresholds, off, side="right")
+            hist("joint", np.where(both, t_on * (T + 1) + t_off, -1).astype(np.int32)[None, :])
+            delta = np.abs(score - off)
+            dbin = np.asarray(k.bin_index(np.where(both, delta, np.nan), self.layout.delta_edges))
+            dw = np.stack([to_fixed(np.where(both, delta, 0.0), P_BITS), to_fixed(np.where(both, delta * delta, 0.0), P_BITS)])
+            hist("delta", np.where(both, dbin, -1).astype(np.int32)[None, :], dw)
+        else:
+            valid_off = np.zeros(n, dtype=bool)
+            invalid_off = np.zeros(n, dtype=bool)
+
+        # ---- features
+        if self.layout.features:
+            feat_inner = np.empty((len(self.layout.features), n), dtype=np.int32)
+            for j, f in enumerate(self.layout.features):
+                if f.kind == "numeric":
+                    values = _to_float(batch.column(f.name))
+                    b = np.asarray(k.bin_index(values, f.edges))
+                    feat_inner[j] = np.where(b < 0, f.n_bins - 1, b)
+                else:
+                    feat_inner[j], unseen[f.name] = categorical_codes(batch.column(f.name), f.categories)
+            hist("feature", feat_inner)
+        else:
+            out["feature"] = np.zeros(shapes["feature"], dtype=np.int64)
+
+        # ---- value (revenue) per label state
+        if self.with_value:
+            value = _to_float(batch.column(VALUE)).astype(np.float64)
+            ok = ~np.isnan(value)
+            vmax = float(np.abs(value[ok]).max()) if ok.any() else 0.0
+            if vmax * 2**VALUE_BITS * max(n, 1) >= 2**62 or vmax * vmax * max(n, 1) >= 2**62:
+                raise StatisticsError(f"The 'value' column holds {vmax:g}, too large for exact sums.")
+            vw = np.stack([to_fixed(np.where(ok, value, 0.0), VALUE_BITS), to_fixed(np.where(ok, value * value, 0.0), VALUE2_BITS)])
+            hist("value", np.where(ok, label_state, -1).astype(np.int32)[None, :], vw)
+
+        # ---- data quality flags (a row may raise several)
+        key_null = (
+            batch.column(KEY_NULL).to_numpy(zero_copy_only=False).astype(bool)
+            if KEY_NULL in batch.schema.names
+            else np.zeros(n, dtype=bool)
+        )
+        any_unseen = np.zeros(n, dtype=bool)
+        for m in unseen.values():
+            any_unseen |= m
+        flags = [
+            np.ones(n, dtype=bool),
+            valid_score,
+            invalid_score,
+            valid_off,
+            invalid_off,
+            has_label,
+            invalid_label,
+            key_null,
+            any_unseen,
+        ] + [unseen.get(c, np.zeros(n, dtype=bool)) for c in self._categorical]
+        dq_inner = np.stack([np.where(f, 0, -1) for f in flags]).astype(np.int32)
+        hist("dq", dq_inner, inner_size=1)  # flag q of a row lands in cell (slice, q)
+        return Statistics(self.layout_id, self._n_raw, self._whole_from, out, n)
+
+    def _labels(self, batch: pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if LABEL not in batch.schema.names:
+            return np.full(n, LABEL_MISSING, np.int64), np.zeros(n, bool), np.zeros(n, bool)
+        y = _to_float(batch.column(LABEL)).astype(np.float64)
+        present = ~np.isnan(y)
+        pos, neg = y == 1.0, y == 0.0
+        state = np.where(pos, 1, np.where(neg, 0, LABEL_MISSING)).astype(np.int64)
+        return state, pos | neg, present & ~(pos | neg)
+
+    @staticmethod
+    def _calib_weights(p: np.ndarray, valid: np.ndarray, label_state: np.ndarray) -> np.ndarray:
+        p = np.where(valid, p, 0.0)
+        clipped = np.clip(p, LOG_EPS, 1.0 - LOG_EPS)
+        ll = np.where(label_state == 1, -np.log(clipped), np.where(label_state == 0, -np.log1p(-clipped), 0.0))
+        ll = np.where(valid, ll, 0.0)
+        return np.stack([
+            to_fixed(p, P_BITS),
+            to_fixed(p * p, P_BITS),
+            to_fixed(ll, LL_BITS),
+            to_fixed(ll * ll, LL2_BITS),
+        ])
+
+    def accumulate(self, batches: Iterable[pa.RecordBatch]) -> Statistics:
+        """Fold an iterable of batches into statistics."""
+        stats = self.zero()
+        for batch in batches:
+            if batch.num_rows:
+                stats = self.update(stats, batch)
+        return stats
