@@ -1,0 +1,341 @@
+"""The cell-level Poisson bootstrap.
+
+For any statistic that is a function of cell counts, the total Poisson(1) weight of the rows
+in a cell is Poisson(n_cell), independently across cells. Drawing one Poisson(n_cell) per
+cell and replicate is therefore *exactly* the row-level Poisson bootstrap, at a cost of
+cells x replicates, whatever the number of rows.
+
+Choices, documented:
+
+* **Coarse grid.** Replicates are drawn on the coarse grid of the layout (calibration edges,
+  i.e. score deciles and thresholds, plus about 64 score quantiles; feature deciles;
+  every 8th |delta| edge). Threshold metrics, PSI, ECE, Brier and log loss are exact on it.
+  For metrics that the fine grid sharpens (AUC, KS, JS, Wasserstein, p99 of |delta|), the
+  replicate is ``fine point + (coarse replicate - coarse point)``: the fine grid fixes the
+  estimate, the coarse grid its sampling spread.
+* **Sums inside a cell** (sum of p, p^2, log-loss terms, |delta|, value): a replicate's sum is
+  ``n* mean + sqrt(n*) sd Z`` with ``n*`` the cell's Poisson draw and ``Z`` standard normal,
+  which keeps the within-cell variance (the row-level bootstrap's variance of a cell sum is
+  ``n (mean^2 + sd^2)``; this has the same). One ``Z`` per cell drives p and p^2 (comonotone);
+  the log-loss term moves against p for positives and with p for negatives.
+* **Keys.** Draws are keyed by ``(seed, role, cell key, replicate)``; the cell key hashes the
+  grid, the slice's meaning (column=value pairs) and the bin index, not an array position, so
+  results do not depend on partitioning or on which slices exist. Role 0 is the baseline,
+  role 1 online: the two sides' replicates are independent.
+* **Degenerate rates.** Where a rate's numerator is 0 or its denominator, the percentile
+  interval collapses to a point: the exact Clopper-Pearson interval is used instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from engine import measure as ME
+from engine.encode import Layout
+from engine.metrics import aggregate_bins
+from engine.measure import Grids, MetricKey, Resolution
+
+ROLE_BASELINE = 0
+ROLE_ONLINE = 1
+
+_GRID_IDS = {"score": 1, "offline": 2, "calib": 3, "calib_off": 4, "feature": 5, "joint": 6, "delta": 7, "value": 8}
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+#: Metrics whose value is a proportion k / n (exact intervals when k is 0 or n).
+RATE_METRICS = frozenset(
+    {"precision", "recall", "fpr", "predicted_positive_rate", "positive_rate", "flip_rate"}
+)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(30))
+        x = x * np.uint64(0xBF58476D1CE4E5B9)
+        x = x ^ (x >> np.uint64(27))
+        x = x * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def cell_keys(slice_keys: np.ndarray, grid: str, inner_shape: tuple[int, ...], sub: int = 0) -> np.ndarray:
+    """Keys of the cells ``(slice, *inner)`` of a grid: a hash of their meaning."""
+    gid = np.uint64((_GRID_IDS[grid] << 8) + sub)
+    n_inner = int(np.prod(inner_shape)) if inner_shape else 1
+    inner = np.arange(n_inner, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        base = _mix(slice_keys.astype(np.uint64) ^ (gid * _GOLDEN))
+        keys = _mix(base[:, None] + (inner[None, :] + np.uint64(1)) * _GOLDEN)
+    return keys.reshape((len(slice_keys),) + tuple(inner_shape))
+
+
+@dataclass
+class Replicates:
+    """Bootstrap replicates of every metric: ``values[key]`` is (B, S[, T])."""
+
+    online: dict[MetricKey, np.ndarray]
+    baseline: dict[MetricKey, np.ndarray] = field(default_factory=dict)
+
+
+class CellBootstrap:
+    """Poisson bootstrap on cells, in chunks of replicates (memory bounded by the chunk).
+
+    Parameters
+    ----------
+    layout : Layout
+    kernels : kernels._api.Kernels
+    replicates : int
+        B, default 1000.
+    seed : int
+    chunk : int
+        Replicates drawn at once.
+    """
+
+    def __init__(self, layout: Layout, kernels, *, replicates: int = 1000, seed: int = 0, chunk: int = 100) -> None:
+        self.layout = layout
+        self.kernels = kernels
+        self.B = int(replicates)
+        self.seed = int(seed)
+        self.chunk = max(1, int(chunk))
+        self.fine = ME.fine_resolution(layout)
+        self.coarse_res = ME.coarse_resolution(layout)
+        self._fine_to_coarse = layout.fine_to(layout.coarse_edges)
+        self._coarse_to_calib = np.searchsorted(
+            layout.calib_edges, np.concatenate([[-np.inf], layout.coarse_edges]), side="right"
+        ).astype(np.int32)
+        self._n_coarse = len(layout.coarse_edges) + 1
+        self._n_calib = len(layout.calib_edges) + 1
+        n_delta = len(self.fine.delta_edges) - 1
+        self._delta_map = (np.arange(n_delta) // 8).astype(np.int32)  # every 8th edge
+        self._n_delta_coarse = int(self._delta_map.max()) + 1
+        self.slice_keys = layout.slice_keys()
+
+    # ------------------------------------------------------------------ coarse point
+    def coarsen(self, g: Grids) -> Grids:
+        """The same statistics on the coarse grid (no resampling)."""
+        agg = aggregate_bins
+        out = Grids(
+            score=agg(g.score, self._fine_to_coarse, self._n_coarse),
+            calib=g.calib,
+            features=[agg(f, m, int(m.max()) + 1) for f, m in zip(g.features, self.fine.feature_psi_maps)],
+            dq=g.dq,
+        )
+        if g.offline is not None:
+            out.offline = agg(g.offline, self._fine_to_coarse, self._n_coarse)
+            out.calib_off = g.calib_off
+            out.joint = g.joint
+            out.delta = tuple(agg(a, self._delta_map, self._n_delta_coarse) for a in g.delta)
+        out.value = g.value
+        return out
+
+    # ------------------------------------------------------------------ resampling
+    def _poisson(self, counts: np.ndarray, keys: np.ndarray, role: int, rep_start: int, n_reps: int) -> np.ndarray:
+        flat = counts.reshape(-1)
+        nz = np.nonzero(flat)[0]  # empty cells stay empty: skip their draws
+        out = np.zeros((n_reps, flat.size), dtype=np.float64)
+        if nz.size:
+            draws = self.kernels.poisson_cells(
+                self.seed, role, keys.reshape(-1)[nz], flat[nz].astype(np.float64), rep_start, n_reps
+            )
+            out[:, nz] = draws
+        return out.reshape((n_reps,) + counts.shape)
+
+    def _normal(self, keys: np.ndarray, role: int, rep_start: int, n_reps: int) -> np.ndarray:
+        z = self.kernels.normal_cells(self.seed, role, keys.reshape(-1), rep_start, n_reps)
+        return z.reshape((n_reps,) + keys.shape)
+
+    @staticmethod
+    def _sum_star(n_star, count, total, total_sq, z):
+        """``n* mean + sqrt(n*) sd Z`` per cell (0 where the cell is empty)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+            var = np.where(count > 0, total_sq / np.maximum(count, 1) - mean * mean, 0.0)
+        sd = np.sqrt(np.maximum(var, 0.0))
+        return n_star * mean + np.sqrt(n_star) * sd * z
+
+    def _calib_star(self, score_star, calib: dict[str, np.ndarray], grid: str, role: int, r0: int, R: int):
+        count = aggregate_bins(score_star, self._coarse_to_calib, self._n_calib)
+        z = self._normal(cell_keys(self.slice_keys, grid, calib["count"].shape[1:]), role, r0, R)
+        sign = np.array([1.0, -1.0, 1.0])[:, None]  # log-loss term falls with p for positives
+        c = calib["count"]
+        p = self._sum_star(count, c, calib["p"], calib["p2"], z)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean_p = np.where(c > 0, calib["p"] / np.maximum(c, 1), 0.0)
+            var_p = np.where(c > 0, calib["p2"] / np.maximum(c, 1) - mean_p**2, 0.0)
+        # sd of p^2 by the delta method (the fourth moment is not stored)
+        p2_sd_sq = (2.0 * mean_p) ** 2 * np.maximum(var_p, 0.0)
+        p2_mean = np.where(c > 0, calib["p2"] / np.maximum(c, 1), 0.0)
+        p2 = count * p2_mean + np.sqrt(count) * np.sqrt(p2_sd_sq) * z
+        ll = self._sum_star(count, c, calib["ll"], calib["ll2"], z * sign)
+        return {"count": count, "p": p, "p2": p2, "ll": ll}
+
+    def resample(self, g: Grids, role: int, rep_start: int, n_reps: int) -> Grids:
+        """``n_reps`` replicates of coarse grids ``g``, with a leading replicate axis."""
+        sk, r0, R = self.slice_keys, rep_start, n_reps
+        score = self._poisson(g.score, cell_keys(sk, "score", g.score.shape[1:]), role, r0, R)
+        out = Grids(
+            score=score,
+            calib=self._calib_star(score, g.calib, "calib", role, r0, R),
+            features=[
+                self._poisson(f, cell_keys(sk, "feature", f.shape[1:], sub=j), role, r0, R)
+                for j, f in enumerate(g.features)
+            ],
+        )
+        if g.offline is not None:
+            off = self._poisson(g.offline, cell_keys(sk, "offline", g.offline.shape[1:]), role, r0, R)
+            out.offline = off
+            out.calib_off = self._calib_star(off, g.calib_off, "calib_off", role, r0, R)
+            out.joint = self._poisson(g.joint, cell_keys(sk, "joint", g.joint.shape[1:]), role, r0, R)
+            dkeys = cell_keys(sk, "delta", g.delta[0].shape[1:])
+            n_star = self._poisson(g.delta[0], dkeys, role, r0, R)
+            z = self._normal(dkeys, role, r0, R)
+            out.delta = (n_star, self._sum_star(n_star, *g.delta, z), None)
+        if g.value is not None:
+            vkeys = cell_keys(sk, "value", g.value[0].shape[1:])
+            n_star = self._poisson(g.value[0], vkeys, role, r0, R)
+            out.value = (n_star, self._sum_star(n_star, *g.value, self._normal(vkeys, role, r0, R)), None)
+        return out
+
+    # ------------------------------------------------------------------ all metrics
+    def run(self, online: Grids, baseline: Grids | None) -> Replicates:
+        """Replicates of every metric of ``measure``, shifted onto the fine point estimates.
+
+        Online metrics (drift included, which resamples both sides) come in
+        ``Replicates.online``; the baseline's own performance metrics in ``.baseline``.
+        """
+        layout, res = self.layout, self.coarse_res
+        c_on = self.coarsen(online)
+        c_base = self.coarsen(baseline) if baseline is not None else None
+        fine_on = ME.measure(online, baseline, self.fine, layout)
+        coarse_on = ME.measure(c_on, c_base, res, layout)
+        fine_base = ME.measure(baseline, None, self.fine, layout) if baseline is not None else {}
+        coarse_base = ME.measure(c_base, None, res, layout) if baseline is not None else {}
+        reps_on: dict[MetricKey, list] = {k: [] for k in fine_on}
+        reps_base: dict[MetricKey, list] = {k: [] for k in fine_base}
+        for r0 in range(0, self.B, self.chunk):
+            R = min(self.chunk, self.B - r0)
+            star_on = self.resample(c_on, ROLE_ONLINE, r0, R)
+            star_base = self.resample(c_base, ROLE_BASELINE, r0, R) if c_base is not None else None
+            m_on = ME.measure(star_on, star_base, res, layout)
+            for k in reps_on:
+                reps_on[k].append(m_on[k] - coarse_on[k][None] + fine_on[k][None])
+            if star_base is not None:
+                m_base = ME.measure(star_base, None, res, layout)
+                for k in reps_base:
+                    reps_base[k].append(m_base[k] - coarse_base[k][None] + fine_base[k][None])
+        return Replicates(
+            online={k: np.concatenate(v) for k, v in reps_on.items()},
+            baseline={k: np.concatenate(v) for k, v in reps_base.items()},
+        )
+
+
+# ---------------------------------------------------------------------- intervals
+def percentile_interval(reps: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0, ignoring NaN replicates (undefined in a replicate)."""
+    alpha = (1.0 - level) / 2.0
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo = np.nanquantile(reps, alpha, axis=0)
+            hi = np.nanquantile(reps, 1.0 - alpha, axis=0)
+    return lo, hi
+
+
+def standard_error(reps: np.ndarray) -> np.ndarray:
+    """Bootstrap standard error over axis 0, ignoring NaN replicates."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanstd(reps, axis=0, ddof=1)
+
+
+def clopper_pearson_degenerate(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact intervals for the degenerate cases ``k == 0`` and ``k == n`` (closed form).
+
+    ``k == 0``: ``[0, 1 - (alpha/2)**(1/n)]``; ``k == n``: ``[(alpha/2)**(1/n), 1]``.
+    Elsewhere NaN (use the bootstrap).
+    """
+    alpha = 1.0 - level
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        edge = np.where(n > 0, (alpha / 2.0) ** (1.0 / np.where(n > 0, n, 1.0)), np.nan)
+    lo = np.where(k == 0, 0.0, np.where(k == n, edge, np.nan))
+    hi = np.where(k == 0, 1.0 - edge, np.where(k == n, 1.0, np.nan))
+    return lo, hi
+
+
+def _norm_sf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * np.vectorize(math.erfc)(np.asarray(z, dtype=np.float64) / math.sqrt(2.0))
+
+
+@dataclass
+class DifferenceTest:
+    """Interval and one-sided p-value of ``online - baseline`` (or ``value - expected``)."""
+
+    diff: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    se: np.ndarray
+    p_value: np.ndarray
+
+
+def difference_test(
+    diff: np.ndarray,
+    diff_reps: np.ndarray,
+    tolerance: np.ndarray,
+    bad: str,
+    level: float = 0.95,
+    floor_se: np.ndarray | None = None,
+) -> DifferenceTest:
+    """Percentile interval of a difference and the one-sided p-value of exceeding tolerance.
+
+    H0 is "the divergence in the bad direction is within tolerance": for ``increase``,
+    ``diff <= tol``; for ``decrease``, ``diff >= -tol``; for ``either``, ``|diff| <= tol``
+    (the smaller of the two one-sided p-values). The p-value is ``P(Z > (diff - tol) / se)``
+    with the bootstrap standard error, so it is not floored at 1 / (B + 1).
+
+    Parameters
+    ----------
+    diff : (...) point difference.
+    diff_reps : (B, ...) replicates of the difference.
+    tolerance : (...) absolute tolerance (relative ones already scaled).
+    floor_se : optional (...) lower bound of the standard error (exact-interval cases).
+    """
+    lo, hi = percentile_interval(diff_reps, level)
+    se = standard_error(diff_reps)
+    if floor_se is not None:
+        se = np.fmax(se, floor_se)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_up = (diff - tolerance) / se
+        z_down = (-tolerance - diff) / se
+    p_up, p_down = _norm_sf(z_up), _norm_sf(z_down)
+    if bad == "increase":
+        p = p_up
+    elif bad == "decrease":
+        p = p_down
+    else:
+        p = np.fmin(p_up, p_down)
+    return DifferenceTest(np.asarray(diff), lo, hi, se, p)
+
+
+def benjamini_hochberg(p_values: np.ndarray, q: float = 0.05) -> np.ndarray:
+    """Which tests survive the Benjamini-Hochberg procedure at FDR ``q`` (NaN never does)."""
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    ok = ~np.isnan(p)
+    m = int(ok.sum())
+    survive = np.zeros(p.shape, dtype=bool)
+    if m == 0:
+        return survive.reshape(np.shape(p_values))
+    idx = np.nonzero(ok)[0]
+    order = idx[np.argsort(p[idx], kind="stable")]
+    ranked = p[order]
+    passing = np.nonzero(ranked <= q * np.arange(1, m + 1) / m)[0]
+    if passing.size:
+        survive[order[: passing.max() + 1]] = True
+    return survive.reshape(np.shape(p_values))
