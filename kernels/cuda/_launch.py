@@ -1,0 +1,454 @@
+"""Grids, buffers and host/device transfers for the CUDA kernels: the ``CudaKernels`` class.
+
+Where arrays live
+-----------------
+Inputs may be numpy arrays (copied to the device) or device arrays: a Numba device array
+(what ``cuda.to_device`` returns, also under the simulator) or any object with
+``__cuda_array_interface__`` (CuPy, cuDF columns, PyTorch), wrapped without a copy.
+
+* Per-row results stay on the device: :meth:`CudaKernels.bin_index` and
+  :meth:`CudaKernels.unit_weights` return Numba device arrays (``.copy_to_host()`` brings
+  one back; ``cupy.asarray`` wraps one without a copy).
+* Statistics are O(cells): :meth:`CudaKernels.histogram`, :meth:`CudaKernels.poisson_cells`
+  and :meth:`CudaKernels.normal_cells` return host numpy arrays.
+
+So the hot path is ``codes = k.bin_index(scores_on_device, edges)`` followed by
+``k.histogram(outer, offsets, [codes_a, codes_b], ...)``: the rows never leave the GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import cuda
+from numba.core import config
+
+from kernels import _rng
+from kernels.cuda import _kernels
+
+ArrayLike = Any
+
+#: Static shared memory every CUDA device grants a block without an opt-in.
+DEFAULT_SHARED_BYTES = 48 * 1024
+#: The largest value an int32 shared counter may reach.
+INT32_MAX = 2**31 - 1
+
+
+def is_device_array(x: object) -> bool:
+    """Whether ``x`` lives on the device (Numba device array or CUDA array interface)."""
+    return bool(getattr(x, "__cuda_ndarray__", False)) or hasattr(
+        x, "__cuda_array_interface__"
+    )
+
+
+def _simulated() -> bool:
+    return bool(config.ENABLE_CUDASIM)
+
+
+def _as_device(x: ArrayLike, dtype: np.dtype | type, what: str) -> Any:
+    """A Numba device array for ``x``: device inputs without a copy, host inputs copied.
+
+    Host arrays are converted to ``dtype`` first. Device arrays keep their dtype (the
+    kernels are compiled for it), but must be of the same kind (integer codes stay integer).
+    """
+    if getattr(x, "__cuda_ndarray__", False):
+        arr = x
+    elif hasattr(x, "__cuda_array_interface__"):
+        arr = cuda.as_cuda_array(x)
+    else:
+        return cuda.to_device(np.ascontiguousarray(x, dtype=dtype))
+    want = np.dtype(dtype).kind
+    kinds = "iu" if want in "iu" else "f"
+    if np.dtype(arr.dtype).kind not in kinds:
+        raise TypeError(
+            f"The {what!r} argument must be a {np.dtype(dtype).name}-like array. "
+            f"Got a device array of dtype {np.dtype(arr.dtype).name} instead."
+        )
+    return arr
+
+
+class CudaKernels:
+    """The kernel protocol of ``kernels._api.Kernels`` on a CUDA device (or its simulator).
+
+    Parameters
+    ----------
+    blocks : int, optional
+        Blocks per launch (an upper bound: small inputs get fewer). ``None`` derives it
+        from the device: 4 blocks per streaming multiprocessor, or 2 under the simulator.
+    threads : int, optional
+        Threads per block. ``None`` means 256, or 32 under the simulator (which runs one
+        Python thread per CUDA thread).
+    shared_bytes : int
+        Dynamic shared memory a block may use. Histograms whose int32 counts (and int64
+        sums) fit use per-block shared histograms; larger ones fall back to global atomics.
+        The default, 48 KiB, needs no opt-in on any device; 0 forces global atomics.
+    count_limit : int
+        The largest count one block's int32 shared counter may reach; launches are split
+        into row ranges that respect it. Only tests lower it.
+
+    Notes
+    -----
+    Results are identical to ``kernels.cpu.CpuKernels``: counts, sums, binning and unit
+    weights bit for bit; Poisson and normal draws up to an ulp of the device's exp/log/cos.
+    """
+
+    name = "gpu"
+
+    def __init__(
+        self,
+        blocks: int | None = None,
+        threads: int | None = None,
+        shared_bytes: int = DEFAULT_SHARED_BYTES,
+        count_limit: int = INT32_MAX,
+    ) -> None:
+        if threads is None:
+            threads = 32 if _simulated() else 256
+        if not (isinstance(threads, int) and 1 <= threads <= 1024):
+            raise ValueError(
+                "The 'threads' parameter of CudaKernels must be an int in 1..1024. "
+                f"Got {threads!r} instead."
+            )
+        if blocks is None:
+            blocks = 2 if _simulated() else 4 * cuda.get_current_device().MULTIPROCESSOR_COUNT
+        if not (isinstance(blocks, int) and blocks >= 1):
+            raise ValueError(
+                "The 'blocks' parameter of CudaKernels must be an int >= 1. "
+                f"Got {blocks!r} instead."
+            )
+        if not (isinstance(shared_bytes, int) and shared_bytes >= 0):
+            raise ValueError(
+                "The 'shared_bytes' parameter of CudaKernels must be an int >= 0. "
+                f"Got {shared_bytes!r} instead."
+            )
+        if not (isinstance(count_limit, int) and 1 <= count_limit <= INT32_MAX):
+            raise ValueError(
+                "The 'count_limit' parameter of CudaKernels must be an int in 1..2**31-1. "
+                f"Got {count_limit!r} instead."
+            )
+        self.blocks = blocks
+        self.threads = threads
+        self.shared_bytes = shared_bytes
+        self.count_limit = count_limit
+        self._edge_cache: dict[bytes, Any] = {}
+        self._thresholds: Any = None
+        self._no_weights: Any = None
+
+    def __repr__(self) -> str:
+        return f"CudaKernels(blocks={self.blocks}, threads={self.threads})"
+
+    # ----------------------------------------------------------------- helpers
+    def _grid(self, n_work: int) -> tuple[int, int]:
+        """(blocks, threads) for ``n_work`` items: no block without work."""
+        return max(1, min(self.blocks, -(-n_work // self.threads))), self.threads
+
+    def _edges(self, edges: np.ndarray) -> Any:
+        """Validated edges on the device, cached by value (the same edges bin every batch)."""
+        host = np.ascontiguousarray(edges, dtype=np.float64)
+        key = host.tobytes()
+        dev = self._edge_cache.get(key)
+        if dev is None:
+            if host.ndim != 1 or np.isnan(host).any() or np.any(np.diff(host) <= 0):
+                raise ValueError("edges must be a 1-d, strictly increasing array without NaN")
+            if len(self._edge_cache) > 64:
+                self._edge_cache.clear()
+            dev = self._edge_cache[key] = cuda.to_device(host)
+        return dev
+
+    def _rows(self, x: ArrayLike, dtype: type, what: str) -> Any:
+        """A 2-d (rows, n) device array from a 2-d array, a 1-d array or a list of rows.
+
+        A list of 1-d device arrays is stacked on the device (one copy kernel per row); a
+        list of host arrays is stacked on the host and copied once.
+        """
+        if isinstance(x, (list, tuple)):
+            if not x:
+                raise ValueError(f"The {what!r} argument must hold at least one row. Got none.")
+            if not any(is_device_array(r) for r in x):
+                return cuda.to_device(np.ascontiguousarray(np.stack(x), dtype=dtype))
+            rows = [_as_device(r, dtype, what) for r in x]
+            n = rows[0].shape[0] if rows else 0
+            if any(r.ndim != 1 or r.shape[0] != n for r in rows):
+                raise ValueError(f"The rows of {what!r} must be 1-d and of equal length.")
+            out = cuda.device_array((len(rows), n), dtype=dtype)
+            if n:
+                for m, row in enumerate(rows):
+                    _kernels.copy_row_kernel[self._grid(n)](row, out, m)
+            return out
+        arr = _as_device(x, dtype, what)
+        if arr.ndim == 2:
+            return arr
+        if arr.ndim != 1:
+            raise ValueError(f"The {what!r} argument must be 1-d or 2-d. Got {arr.ndim}-d instead.")
+        try:
+            return arr.reshape(1, arr.shape[0])
+        except Exception:  # a strided view cannot be reshaped in place: copy the row
+            return self._rows([arr], dtype, what)
+
+    # ----------------------------------------------------------------- binning
+    def bin_index(self, values: ArrayLike, edges: np.ndarray, out: ArrayLike | None = None) -> Any:
+        """Bins of ``values``: ``searchsorted(edges, values, side="right")``, ``-1`` for NaN.
+
+        Parameters
+        ----------
+        values : (n,) float32 or float64, host or device
+        edges : (m,) float64, strictly increasing
+        out : (n,) int32 device array, optional
+            Where to write the codes, e.g. ``rows[m]`` of an ``(M, n)`` int32 device array
+            that is then passed whole to :meth:`histogram` (no stacking copy).
+
+        Returns
+        -------
+        (n,) int32 device array
+            ``out`` when given. ``.copy_to_host()`` brings it to the host.
+        """
+        dev_edges = self._edges(edges)
+        if is_device_array(values):
+            vals = _as_device(values, np.float64, "values")
+        else:
+            vals = np.asarray(values)
+            if vals.dtype not in (np.float32, np.float64):
+                vals = vals.astype(np.float64)
+            vals = cuda.to_device(np.ascontiguousarray(vals))
+        if vals.ndim != 1:
+            raise ValueError(f"The 'values' argument must be 1-d. Got {vals.ndim}-d instead.")
+        n = vals.shape[0]
+        if out is None:
+            out = cuda.device_array(n, dtype=np.int32)
+        elif not getattr(out, "__cuda_ndarray__", False):
+            out = cuda.as_cuda_array(out)
+        if out.shape != (n,) or np.dtype(out.dtype) != np.int32:
+            raise ValueError(
+                f"The 'out' argument of bin_index must be an ({n},) int32 device array. "
+                f"Got {tuple(out.shape)} {np.dtype(out.dtype).name} instead."
+            )
+        if n == 0:
+            return out
+        m = dev_edges.shape[0]
+        # stage the edges in shared memory when they fit (1024 edges: 8 KiB)
+        shared = 0 < m * 8 <= self.shared_bytes
+        blocks, threads = self._grid(n)
+        _kernels.bin_index_kernel[blocks, threads, 0, m * 8 if shared else 0](
+            vals, dev_edges, shared, out
+        )
+        return out
+
+    # ----------------------------------------------------------------- histogram
+    def histogram_plan(self, n_cells: int, n_weights: int) -> tuple[bool, bool]:
+        """Where a histogram accumulates: (int32 counts in shared memory, int64 sums too).
+
+        Counts go to shared memory when ``4 * n_cells`` bytes fit in ``shared_bytes`` (8192
+        cells at 48 KiB), the sums when ``4 * n_cells + 8 * n_weights * n_cells`` do;
+        whatever does not fit goes straight to the global int64 output with atomics.
+        """
+        count_bytes = 4 * n_cells
+        sum_bytes = 8 * n_weights * n_cells
+        shared_counts = count_bytes <= self.shared_bytes
+        shared_sums = (
+            shared_counts and n_weights > 0 and count_bytes + sum_bytes <= self.shared_bytes
+        )
+        return shared_counts, shared_sums
+
+    def histogram_chunk(self, n_dims: int, blocks: int, threads: int) -> int:
+        """Rows per histogram launch, so that no int32 shared count exceeds ``count_limit``.
+
+        A row adds at most ``D`` to one cell (distinct inner rows land in distinct cells;
+        only outer dimensions with overlapping offsets can hit a cell twice), and a block
+        of a grid-stride launch over ``R`` rows handles at most ``ceil(R / (blocks *
+        threads)) * threads`` of them. At the default limit a launch covers over 2**31 / D
+        rows, so the split only matters for huge batches.
+        """
+        rows_per_thread = max(1, self.count_limit // max(1, n_dims) // threads)
+        return rows_per_thread * threads * blocks
+
+    def histogram(
+        self,
+        outer: ArrayLike,
+        outer_offsets: np.ndarray,
+        inner: ArrayLike,
+        inner_size: int,
+        n_cells: int,
+        weights: ArrayLike | None = None,
+    ) -> np.ndarray:
+        """Fused cell counts and fixed-point sums; see ``kernels._api.Kernels.histogram``.
+
+        Parameters
+        ----------
+        outer : (D, n) or (n,) int32, or a list of D (n,) rows; host or device
+        outer_offsets : (D,) int64, host
+        inner : (M, n) or (n,) int32, or a list of M (n,) rows; host or device
+            A list of the device arrays returned by :meth:`bin_index` is stacked on the
+            device; to skip that copy, let :meth:`bin_index` write into the rows of one
+            ``(M, n)`` device array (its ``out`` argument) and pass that array.
+        inner_size, n_cells : int
+        weights : (V, n) or (n,) int64, or a list of V (n,) rows; host or device, optional
+
+        Returns
+        -------
+        (1 + V, n_cells) int64 host array
+            Row 0 the counts, row ``1 + v`` the sums of ``weights[v]``.
+
+        Raises
+        ------
+        ValueError
+            A row lands outside ``0 .. n_cells - 1`` (the caller's layout is wrong).
+        """
+        outer_d = self._rows(outer, np.int32, "outer")
+        inner_d = self._rows(inner, np.int32, "inner")
+        n = outer_d.shape[1]
+        n_dims, n_inner = outer_d.shape[0], inner_d.shape[0]
+        offsets = np.ascontiguousarray(outer_offsets, dtype=np.int64).reshape(-1)
+        if offsets.shape[0] != n_dims:
+            raise ValueError(
+                f"The 'outer_offsets' argument must hold one offset per outer row ({n_dims}). "
+                f"Got {offsets.shape[0]} instead."
+            )
+        if weights is None:
+            n_weights = 0
+            if self._no_weights is None:
+                self._no_weights = cuda.to_device(np.zeros((1, 1), dtype=np.int64))
+            weights_d = self._no_weights  # never read: n_weights is 0
+        else:
+            weights_d = self._rows(weights, np.int64, "weights")
+            n_weights = weights_d.shape[0]
+            if weights_d.shape[1] != n:
+                raise ValueError(
+                    f"The 'weights' argument must have {n} columns. "
+                    f"Got {weights_d.shape[1]} instead."
+                )
+        if inner_d.shape[1] != n:
+            raise ValueError(
+                f"The 'inner' argument must have {n} columns. Got {inner_d.shape[1]} instead."
+            )
+        n_cells = int(n_cells)
+        if n_cells == 0 or n == 0 or n_dims == 0 or n_inner == 0:
+            return np.zeros((1 + n_weights, n_cells), dtype=np.int64)
+
+        shared_counts, shared_sums = self.histogram_plan(n_cells, n_weights)
+        dyn_bytes = 4 * n_cells * shared_counts + 8 * n_weights * n_cells * shared_sums
+
+        out = cuda.to_device(np.zeros((1 + n_weights, n_cells), dtype=np.int64))
+        errors = cuda.to_device(np.zeros(1, dtype=np.int64))
+        dev_offsets = cuda.to_device(offsets)
+        blocks, threads = self._grid(n)
+        chunk = self.histogram_chunk(n_dims, blocks, threads)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            _kernels.histogram_kernel[blocks, threads, 0, dyn_bytes](
+                outer_d,
+                dev_offsets,
+                inner_d,
+                int(inner_size),
+                weights_d,
+                n_weights,
+                n_cells,
+                start,
+                stop,
+                shared_counts,
+                shared_sums,
+                out,
+                errors,
+            )
+        n_bad = int(errors.copy_to_host()[0])
+        if n_bad:
+            raise ValueError(
+                f"{n_bad} (row, dimension, inner row) triples of histogram land outside "
+                f"0..{n_cells - 1}: 'n_cells', 'outer_offsets' or 'inner_size' is too small."
+            )
+        return out.copy_to_host()
+
+    # ----------------------------------------------------------------- draws
+    def poisson_cells(
+        self,
+        seed: int,
+        role: int,
+        cell_keys: ArrayLike,
+        lam: ArrayLike,
+        rep_start: int,
+        n_reps: int,
+    ) -> np.ndarray:
+        """Poisson(``lam``) per (replicate, cell); see ``kernels._api.Kernels.poisson_cells``.
+
+        Returns
+        -------
+        (n_reps, C) int64 host array
+        """
+        keys = self._keys(cell_keys, "cell_keys")
+        n_keys = keys.shape[0]
+        if is_device_array(lam):
+            lam_d = _as_device(lam, np.float64, "lam")
+        else:
+            lam_h = np.broadcast_to(np.asarray(lam, dtype=np.float64), (n_keys,))
+            lam_d = cuda.to_device(np.ascontiguousarray(lam_h))
+        if n_reps <= 0 or n_keys == 0:
+            return np.zeros((max(n_reps, 0), n_keys), dtype=np.int64)
+        out = cuda.device_array((n_reps, n_keys), dtype=np.int64)
+        base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_POISSON))
+        _kernels.poisson_cells_kernel[self._grid(n_reps * n_keys)](
+            base, keys, lam_d, int(rep_start), int(n_reps), out
+        )
+        return out.copy_to_host()
+
+    def normal_cells(
+        self, seed: int, role: int, cell_keys: ArrayLike, rep_start: int, n_reps: int
+    ) -> np.ndarray:
+        """Standard normal per (replicate, cell), independent of :meth:`poisson_cells`.
+
+        Returns
+        -------
+        (n_reps, C) float64 host array
+        """
+        keys = self._keys(cell_keys, "cell_keys")
+        n_keys = keys.shape[0]
+        if n_reps <= 0 or n_keys == 0:
+            return np.zeros((max(n_reps, 0), n_keys), dtype=np.float64)
+        out = cuda.device_array((n_reps, n_keys), dtype=np.float64)
+        base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_NORMAL))
+        _kernels.normal_cells_kernel[self._grid(n_reps * n_keys)](
+            base, keys, int(rep_start), int(n_reps), out
+        )
+        return out.copy_to_host()
+
+    def unit_weights(self, seed: int, unit_ids: ArrayLike, rep_start: int, n_reps: int) -> Any:
+        """Poisson(1) weights per (replicate, row) from a hash of (seed, unit id, replicate).
+
+        Parameters
+        ----------
+        unit_ids : (n,) uint64, host or device (int64 device ids are reinterpreted as uint64,
+            as ``astype(np.uint64)`` does)
+
+        Returns
+        -------
+        (n_reps, n) int32 device array
+            ``.copy_to_host()`` brings it to the host.
+        """
+        ids = self._keys(unit_ids, "unit_ids")
+        n = ids.shape[0]
+        out = cuda.device_array((max(n_reps, 0), n), dtype=np.int32)
+        if n_reps <= 0 or n == 0:
+            return out
+        if self._thresholds is None:
+            self._thresholds = cuda.to_device(_rng.POISSON1_THRESHOLDS)
+        base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
+        _kernels.unit_weights_kernel[self._grid(n_reps * n)](
+            base, ids, int(rep_start), int(n_reps), self._thresholds, out
+        )
+        return out
+
+    def _keys(self, keys: ArrayLike, what: str) -> Any:
+        """(n,) uint64 keys on the device; 64-bit integer device keys are viewed as uint64."""
+        if not is_device_array(keys):
+            return cuda.to_device(np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1))
+        arr = _as_device(keys, np.uint64, what)
+        if arr.ndim != 1:
+            raise ValueError(f"The {what!r} argument must be 1-d. Got {arr.ndim}-d instead.")
+        dtype = np.dtype(arr.dtype)
+        if dtype == np.uint64:
+            return arr
+        if dtype.itemsize == 8:
+            return arr.view(np.uint64)
+        # narrower integers: widen on the device, as astype(np.uint64) does
+        out = cuda.device_array((1, arr.shape[0]), dtype=np.uint64)
+        if arr.shape[0]:
+            _kernels.copy_row_kernel[self._grid(arr.shape[0])](arr, out, 0)
+        return out.reshape(arr.shape[0])
