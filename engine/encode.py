@@ -376,37 +376,43 @@ def _to_float(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return out
 
 
-def categorical_codes(col: pa.Array | pa.ChunkedArray, codes: CategoricalCodes) -> tuple[np.ndarray, np.ndarray]:
-    """Codes of a column's values, and a mask of values never seen in the baseline.
+def dictionary_parts(col: pa.Array | pa.ChunkedArray, codes: CategoricalCodes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A column as dictionary indices plus per-entry code and unseen tables.
 
-    Dictionary-encoded columns are mapped once per dictionary, then gathered by index.
+    Returns ``(indices, lut, unseen)``: ``indices`` (n,) int32 with -1 for null;
+    ``lut[i]`` the code of dictionary entry ``i`` (``K`` for ``__other__``, ``K+1`` for a null
+    entry); ``unseen[i]`` whether entry ``i`` was never seen in the baseline. Dictionary
+    columns are mapped once per dictionary, not per row.
     """
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if not pa.types.is_dictionary(col.type):
-        col = pc.dictionary_encode(_as_string(col) if not pa.types.is_integer(col.type) else col)
+        col = pc.dictionary_encode(col if pa.types.is_integer(col.type) else _as_string(col))
     dictionary = _as_string(col.dictionary)
     k = len(codes.values)
     value_set = pa.array(list(codes.values), type=pa.string())
-    dict_codes = pc.index_in(dictionary, value_set=value_set).to_numpy(zero_copy_only=False)
-    dict_codes = np.where(np.isnan(dict_codes.astype(np.float64)), k, dict_codes).astype(np.int32)
+    found = pc.index_in(dictionary, value_set=value_set)
+    lut = np.asarray(found.fill_null(k).to_numpy(zero_copy_only=False), dtype=np.int32)
+    dict_null = dictionary.is_null().to_numpy(zero_copy_only=False)
+    lut = np.where(dict_null, k + 1, lut).astype(np.int32)
     if codes.seen is not None:
         seen_set = pa.array(sorted(codes.seen), type=pa.string())
-        dict_unseen = ~pc.is_in(dictionary, value_set=seen_set).to_numpy(zero_copy_only=False)
+        unseen = ~pc.is_in(dictionary, value_set=seen_set).to_numpy(zero_copy_only=False) & ~dict_null
     else:
-        dict_unseen = np.zeros(len(dictionary), dtype=bool)
+        unseen = np.zeros(len(dictionary), dtype=bool)
     indices = col.indices
-    is_null = indices.is_null().to_numpy(zero_copy_only=False) | _null_values(col)
-    idx = indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    out = dict_codes[idx] if len(dict_codes) else np.full(len(idx), k, np.int32)
-    unseen = dict_unseen[idx] if len(dict_unseen) else np.zeros(len(idx), bool)
-    out = np.where(is_null, k + 1, out).astype(np.int32)
-    return out, unseen & ~is_null
+    if indices.null_count:
+        indices = indices.fill_null(-1)
+    idx = np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.int32)
+    return idx, lut, unseen
 
 
-def _null_values(col: pa.DictionaryArray) -> np.ndarray:
-    # a dictionary may itself hold a null value
-    dnull = col.dictionary.is_null().to_numpy(zero_copy_only=False)
-    if not dnull.any():
-        return np.zeros(len(col), dtype=bool)
-    return dnull[col.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)]
+def categorical_codes(col: pa.Array | pa.ChunkedArray, codes: CategoricalCodes) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row codes of a column, and a mask of values never seen in the baseline."""
+    idx, lut, unseen = dictionary_parts(col, codes)
+    null = idx < 0
+    safe = np.where(null, 0, idx)
+    if lut.size == 0:  # an all-null column has an empty dictionary
+        return np.full(idx.shape, len(codes.values) + 1, np.int32), np.zeros(idx.shape, bool)
+    out = np.where(null, len(codes.values) + 1, lut[safe]).astype(np.int32)
+    return out, np.where(null, False, unseen[safe])

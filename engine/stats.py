@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -40,8 +41,10 @@ from engine.encode import (
     Layout,
     _to_float,
     categorical_codes,
+    dictionary_parts,
 )
 from engine.errors import StatisticsError
+from kernels.cpu_fused import fused_accumulate, log_loss_terms
 
 #: Fixed-point resolutions (bits after the binary point) of each summed quantity.
 #: Bounded in [0, 1]: 2**-32. Log-loss terms are at most -log(1e-15) = 34.5: 2**-32 keeps
@@ -68,6 +71,12 @@ DQ_FLAGS = (
 
 #: Canonical batch columns the accumulator reads (the join stage renames to these).
 SCORE, OFFLINE_SCORE, LABEL, VALUE, KEY_NULL = "score", "offline_score", "label", "value", "__key_null"
+
+
+def _float_column(col) -> np.ndarray:
+    """A float column as float32/float64 numpy (zero-copy when it has no nulls)."""
+    values = _to_float(col)
+    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
 
 
 def to_fixed(x: np.ndarray, bits: int) -> np.ndarray:
@@ -236,6 +245,12 @@ class Accumulator:
         """The statistics of one batch (O(cells) memory)."""
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
+        if getattr(self.kernels, "fused", False):
+            return self._batch_fused(batch)
+        return self._batch_primitives(batch)
+
+    def _batch_primitives(self, batch: pa.RecordBatch) -> Statistics:
+        """Through the backend's primitives (bin_index, histogram): any backend."""
         k = self.kernels
         n = batch.num_rows
         shapes = self._shapes()
@@ -305,15 +320,8 @@ class Accumulator:
         else:
             out["feature"] = np.zeros(shapes["feature"], dtype=np.int64)
 
-        # ---- value (revenue) per label state
         if self.with_value:
-            value = _to_float(batch.column(VALUE)).astype(np.float64)
-            ok = ~np.isnan(value)
-            vmax = float(np.abs(value[ok]).max()) if ok.any() else 0.0
-            if vmax * 2**VALUE_BITS * max(n, 1) >= 2**62 or vmax * vmax * max(n, 1) >= 2**62:
-                raise StatisticsError(f"The 'value' column holds {vmax:g}, too large for exact sums.")
-            vw = np.stack([to_fixed(np.where(ok, value, 0.0), VALUE_BITS), to_fixed(np.where(ok, value * value, 0.0), VALUE2_BITS)])
-            hist("value", np.where(ok, label_state, -1).astype(np.int32)[None, :], vw)
+            out["value"] = self._value_grid(batch, outer, label_state)
 
         # ---- data quality flags (a row may raise several)
         key_null = (
@@ -339,6 +347,88 @@ class Accumulator:
         hist("dq", dq_inner, inner_size=1)  # flag q of a row lands in cell (slice, q)
         return Statistics(self.layout_id, self._n_raw, self._whole_from, out, n)
 
+    def _value_grid(self, batch: pa.RecordBatch, outer: np.ndarray, label_state: np.ndarray) -> np.ndarray:
+        """Value (revenue) count and sums per (slice, label state)."""
+        n = batch.num_rows
+        value = _to_float(batch.column(VALUE)).astype(np.float64)
+        ok = ~np.isnan(value)
+        vmax = float(np.abs(value[ok]).max()) if ok.any() else 0.0
+        if vmax * 2**VALUE_BITS * max(n, 1) >= 2**62 or vmax * vmax * max(n, 1) >= 2**62:
+            raise StatisticsError(f"The 'value' column holds {vmax:g}, too large for exact sums.")
+        weights = np.stack(
+            [to_fixed(np.where(ok, value, 0.0), VALUE_BITS), to_fixed(np.where(ok, value * value, 0.0), VALUE2_BITS)]
+        )
+        inner = np.where(ok, label_state, -1).astype(np.int32)[None, :]
+        shape = self._shapes()["value"]
+        counts = self.kernels.histogram(outer, self._dim_offsets, inner, N_LABEL_STATES, int(np.prod(shape[1:])), weights)
+        return np.asarray(counts).reshape(shape)
+
+    def _batch_fused(self, batch: pa.RecordBatch) -> Statistics:
+        """One parallel pass over the rows (CPU): see ``kernels.cpu_fused``."""
+        layout, n = self.layout, batch.num_rows
+        cols = layout.slice_columns
+        parts = [dictionary_parts(batch.column(c), layout.slice_codes[c]) for c in cols]
+        dmax = max([max(len(p[1]), 1) for p in parts], default=1)
+        col_index = np.stack([p[0] for p in parts]) if parts else np.zeros((0, n), np.int32)
+        col_lut = np.zeros((len(parts), dmax), np.int32)
+        col_unseen = np.zeros((len(parts), dmax), bool)
+        for a, (_, lut, unseen) in enumerate(parts):
+            col_lut[a, : len(lut)] = lut
+            col_unseen[a, : len(unseen)] = unseen
+        col_null = np.array([layout.slice_codes[c].size - 1 for c in cols], dtype=np.int32)
+        if self._dims:
+            dim_a = np.array([cols.index(d[0]) for d in self._dims], np.int32)
+            dim_b = np.array([cols.index(d[1]) if len(d) > 1 else -1 for d in self._dims], np.int32)
+            dim_b_size = np.array([layout.slice_codes[d[1]].size if len(d) > 1 else 1 for d in self._dims], np.int64)
+        else:  # no slice columns: one dimension whose only code is the population
+            col_index = np.zeros((1, n), np.int32)
+            col_lut = np.zeros((1, 1), np.int32)
+            col_unseen = np.zeros((1, 1), bool)
+            col_null = np.zeros(1, np.int32)
+            dim_a, dim_b, dim_b_size = np.zeros(1, np.int32), np.full(1, -1, np.int32), np.ones(1, np.int64)
+        score = _float_column(batch.column(SCORE))
+        offline = _float_column(batch.column(OFFLINE_SCORE)) if self.paired else score
+        label = _to_float(batch.column(LABEL)).astype(np.float64) if LABEL in batch.schema.names else np.full(n, np.nan)
+        key_null = (
+            batch.column(KEY_NULL).to_numpy(zero_copy_only=False).astype(bool)
+            if KEY_NULL in batch.schema.names
+            else np.zeros(n, dtype=bool)
+        )
+        numeric = [(j, f) for j, f in enumerate(layout.features) if f.kind == "numeric"]
+        categorical = [(j, f) for j, f in enumerate(layout.features) if f.kind == "categorical"]
+        num_values = np.stack([_float_column(batch.column(f.name)) for _, f in numeric]) if numeric else np.zeros((0, n))
+        emax = max([len(f.edges) for _, f in numeric], default=1)
+        num_edges = np.full((len(numeric), max(emax, 1)), np.inf)
+        for r, (_, f) in enumerate(numeric):
+            num_edges[r, : len(f.edges)] = f.edges
+        cat = [categorical_codes(batch.column(f.name), f.categories) for _, f in categorical]
+        cat_codes = np.stack([c[0] for c in cat]) if cat else np.zeros((0, n), np.int32)
+        cat_unseen = np.stack([c[1] for c in cat]) if cat else np.zeros((0, n), bool)
+        score_index = self.kernels.edge_index(layout.score_edges)
+        delta_index = self.kernels.edge_index(layout.delta_edges)
+        n_chunks = max(1, min(numba.get_num_threads(), -(-n // 65536)))
+        score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h = fused_accumulate(
+            n_chunks,
+            col_index, col_lut, col_unseen, col_null, dim_a, dim_b, dim_b_size, self._dim_offsets, self._n_raw,
+            score, offline, self.paired, label, key_null,
+            score_index.edges, score_index.kmin, score_index.shift, score_index.lut,
+            self._fine_to_calib.astype(np.int64), self._n_calib, self._thresholds,
+            delta_index.edges, delta_index.kmin, delta_index.shift, delta_index.lut,
+            num_values, num_edges, np.array([len(f.edges) for _, f in numeric], np.int64),
+            np.array([j for j, _ in numeric], np.int64),
+            cat_codes, cat_unseen, np.array([j for j, _ in categorical], np.int64),
+            max(1, len(layout.features)), self._feature_bins, len(self._dq_flags),
+            float(2**P_BITS), float(2**LL_BITS), float(2**LL2_BITS), LOG_EPS,
+        )
+        out = {"score": score_h[None], "calib": calib_h, "feature": feat_h[None], "dq": dq_h[None]}
+        if self.paired:
+            out.update(offline=off_h[None], calib_off=calib_off_h, joint=joint_h[None], delta=delta_h)
+        if self.with_value:
+            state = np.where(label == 1.0, 1, np.where(label == 0.0, 0, LABEL_MISSING)).astype(np.int64)
+            outer = self.slice_codes(batch)[0]
+            out["value"] = self._value_grid(batch, outer, state)
+        return Statistics(self.layout_id, self._n_raw, self._whole_from, out, n)
+
     def _labels(self, batch: pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if LABEL not in batch.schema.names:
             return np.full(n, LABEL_MISSING, np.int64), np.zeros(n, bool), np.zeros(n, bool)
@@ -351,9 +441,7 @@ class Accumulator:
     @staticmethod
     def _calib_weights(p: np.ndarray, valid: np.ndarray, label_state: np.ndarray) -> np.ndarray:
         p = np.where(valid, p, 0.0)
-        clipped = np.clip(p, LOG_EPS, 1.0 - LOG_EPS)
-        ll = np.where(label_state == 1, -np.log(clipped), np.where(label_state == 0, -np.log1p(-clipped), 0.0))
-        ll = np.where(valid, ll, 0.0)
+        ll = np.where(valid, log_loss_terms(p, label_state, LOG_EPS), 0.0)
         return np.stack([
             to_fixed(p, P_BITS),
             to_fixed(p * p, P_BITS),

@@ -57,13 +57,6 @@ class EdgeIndex:
         self.lut = np.searchsorted(keys, lows, side="right").astype(np.int32)
 
 
-@njit(inline="always", cache=True)
-def _f64_bits(v):
-    buf = np.empty(1, dtype=np.float64)
-    buf[0] = v
-    return buf.view(np.uint64)[0]
-
-
 @njit(parallel=True, cache=True)
 def _bin_index_lut(values, edges, kmin, shift, lut, out):
     n = values.shape[0]
@@ -75,7 +68,7 @@ def _bin_index_lut(values, edges, kmin, shift, lut, out):
         if v != v:
             out[i] = -1
             continue
-        bits = _f64_bits(v)
+        bits = np.float64(v).view(np.uint64)
         key = ~bits if (bits & top) else (bits | top)
         if key < kmin:
             code = 0
@@ -152,7 +145,9 @@ class CpuKernels:
 
     name = "cpu"
 
-    def __init__(self) -> None:
+    def __init__(self, fused: bool = True) -> None:
+        #: Whether the accumulator may use the one-pass kernel of ``kernels.cpu_fused``.
+        self.fused = fused
         self._edge_cache: dict[bytes, EdgeIndex] = {}
 
     def edge_index(self, edges: np.ndarray) -> EdgeIndex:

@@ -1,0 +1,285 @@
+"""The CPU fast path of the accumulate stage: every grid of a batch in one parallel pass.
+
+The primitive path (``Kernels.bin_index`` + ``Kernels.histogram`` glued with numpy) makes a
+dozen passes over the rows and allocates a temporary per pass; on two cores it reaches a few
+million rows/s. This kernel reads each row once, bins it, and adds it to every cell it
+belongs to, in a thread-private set of histograms per chunk of rows; chunks are summed at
+the end (integer addition, so the result does not depend on the number of threads).
+
+It computes exactly what ``engine.stats.Accumulator`` computes through the primitives (the
+tests compare the two bit for bit); the per-row rules below mirror that module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_TOP = np.uint64(1) << np.uint64(63)
+
+
+@njit(inline="always", cache=True)
+def _key_bin(v, edges, kmin, shift, lut):
+    """searchsorted(edges, v, 'right') through the sortable-key lookup table (v not NaN)."""
+    bits = np.float64(v).view(np.uint64)
+    key = ~bits if (bits & _TOP) else (bits | _TOP)
+    m = edges.shape[0]
+    if key < kmin:
+        code = 0
+    else:
+        cell = (key - kmin) >> shift
+        code = lut[cell] if cell < lut.shape[0] else m
+    while code < m and v >= edges[code]:
+        code += 1
+    return code
+
+
+@njit(inline="always", cache=True)
+def _small_bin(v, edges, n_edges):
+    """searchsorted(edges[:n_edges], v, 'right') by bisection (few edges)."""
+    lo = 0
+    hi = n_edges
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if v >= edges[mid]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(inline="always", cache=True)
+def _fixed(x, scale):
+    return np.int64(np.rint(x * scale))
+
+
+@njit(parallel=True, cache=True)
+def fused_accumulate(
+    n_chunks,
+    # slices: per slice column, the row's dictionary index (-1 null) and index -> code table
+    col_index,  # (C, n) int32
+    col_lut,  # (C, Dmax) int32 dictionary index -> code
+    col_unseen,  # (C, Dmax) bool dictionary index -> value unseen in the baseline
+    col_null_code,  # (C,) int32
+    dim_a,  # (Dd,) int32 first column of each dimension
+    dim_b,  # (Dd,) int32 second column (-1: none)
+    dim_b_size,  # (Dd,) int64 size of the second column's codes
+    dim_offsets,  # (Dd,) int64
+    n_raw,
+    # scores and labels
+    score,  # (n,) float
+    offline,  # (n,) float, NaN = no replay (ignored unless paired)
+    paired,
+    label,  # (n,) float64, NaN = missing
+    key_null,  # (n,) bool
+    edges,
+    kmin,
+    shift,
+    lut,
+    fine_to_calib,
+    n_calib,
+    thresholds,
+    delta_edges,
+    dkmin,
+    dshift,
+    dlut,
+    # features
+    num_values,  # (Jn, n) float
+    num_edges,  # (Jn, Emax) float64 (padded)
+    num_n_edges,  # (Jn,) int64
+    num_slot,  # (Jn,) int64 feature axis index of each numeric feature
+    cat_codes,  # (Jc, n) int32 codes of categorical features
+    cat_unseen,  # (Jc, n) bool
+    cat_slot,  # (Jc,) int64
+    n_features,
+    feature_bins,
+    n_dq,
+    p_scale,
+    ll_scale,
+    ll2_scale,
+    log_eps,
+):
+    n = score.shape[0]
+    Dd = dim_a.shape[0]
+    C = col_index.shape[0]
+    F = edges.shape[0] + 1
+    T = thresholds.shape[0]
+    TT = (T + 1) * (T + 1)
+    DB = delta_edges.shape[0] + 1
+    Jn = num_values.shape[0]
+    Jc = cat_codes.shape[0]
+    chunk = (n + n_chunks - 1) // n_chunks
+    score_h = np.zeros((n_chunks, n_raw, 3, F), dtype=np.int64)
+    calib_h = np.zeros((n_chunks, 5, n_raw, 3, n_calib), dtype=np.int64)
+    off_h = np.zeros((n_chunks, n_raw, 3, F), dtype=np.int64)
+    calib_off_h = np.zeros((n_chunks, 5, n_raw, 3, n_calib), dtype=np.int64)
+    joint_h = np.zeros((n_chunks, n_raw, TT), dtype=np.int64)
+    delta_h = np.zeros((n_chunks, 3, n_raw, DB), dtype=np.int64)
+    feat_h = np.zeros((n_chunks, n_raw, n_features, feature_bins), dtype=np.int64)
+    dq_h = np.zeros((n_chunks, n_raw, n_dq), dtype=np.int64)
+    for c in prange(n_chunks):
+        codes = np.empty(Dd, dtype=np.int64)
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            # ---- slice codes of every dimension
+            unseen_any = False
+            for d in range(Dd):
+                a = dim_a[d]
+                ia = col_index[a, i]
+                code = col_lut[a, ia] if ia >= 0 else col_null_code[a]
+                b = dim_b[d]
+                if b >= 0:
+                    ib = col_index[b, i]
+                    code = code * dim_b_size[d] + (col_lut[b, ib] if ib >= 0 else col_null_code[b])
+                codes[d] = dim_offsets[d] + code
+            # ---- label state
+            y = label[i]
+            if y == 1.0:
+                state = 1
+            elif y == 0.0:
+                state = 0
+            else:
+                state = 2
+            invalid_label = (y == y) and state == 2
+            # ---- online score
+            s = np.float64(score[i])
+            valid = s >= 0.0 and s <= 1.0
+            if valid:
+                fb = _key_bin(s, edges, kmin, shift, lut)
+                cb = fine_to_calib[fb]
+                p = s
+                pf = _fixed(p, p_scale)
+                p2f = _fixed(p * p, p_scale)
+                ll = 0.0
+                if state < 2:
+                    q = min(max(p, log_eps), 1.0 - log_eps)
+                    ll = -math.log(q) if state == 1 else -math.log1p(-q)
+                llf = _fixed(ll, ll_scale)
+                ll2f = _fixed(ll * ll, ll2_scale)
+                for d in range(Dd):
+                    r = codes[d]
+                    score_h[c, r, state, fb] += 1
+                    calib_h[c, 0, r, state, cb] += 1
+                    calib_h[c, 1, r, state, cb] += pf
+                    calib_h[c, 2, r, state, cb] += p2f
+                    calib_h[c, 3, r, state, cb] += llf
+                    calib_h[c, 4, r, state, cb] += ll2f
+            # ---- offline replay of the same request
+            valid_off = False
+            invalid_off = False
+            if paired:
+                o = np.float64(offline[i])
+                valid_off = o >= 0.0 and o <= 1.0
+                invalid_off = (o == o) and not valid_off
+                if valid_off:
+                    fo = _key_bin(o, edges, kmin, shift, lut)
+                    co = fine_to_calib[fo]
+                    of = _fixed(o, p_scale)
+                    o2f = _fixed(o * o, p_scale)
+                    llo = 0.0
+                    if state < 2:
+                        q = min(max(o, log_eps), 1.0 - log_eps)
+                        llo = -math.log(q) if state == 1 else -math.log1p(-q)
+                    llof = _fixed(llo, ll_scale)
+                    llo2f = _fixed(llo * llo, ll2_scale)
+                    for d in range(Dd):
+                        r = codes[d]
+                        off_h[c, r, state, fo] += 1
+                        calib_off_h[c, 0, r, state, co] += 1
+                        calib_off_h[c, 1, r, state, co] += of
+                        calib_off_h[c, 2, r, state, co] += o2f
+                        calib_off_h[c, 3, r, state, co] += llof
+                        calib_off_h[c, 4, r, state, co] += llo2f
+                    if valid:
+                        ton = 0
+                        toff = 0
+                        for t in range(T):
+                            if s >= thresholds[t]:
+                                ton += 1
+                            if o >= thresholds[t]:
+                                toff += 1
+                        jc = ton * (T + 1) + toff
+                        dl = abs(s - o)
+                        db = _key_bin(dl, delta_edges, dkmin, dshift, dlut)
+                        df = _fixed(dl, p_scale)
+                        d2f = _fixed(dl * dl, p_scale)
+                        for d in range(Dd):
+                            r = codes[d]
+                            joint_h[c, r, jc] += 1
+                            delta_h[c, 0, r, db] += 1
+                            if df != 0 or d2f != 0:
+                                delta_h[c, 1, r, db] += df
+                                delta_h[c, 2, r, db] += d2f
+            # ---- features
+            for j in range(Jn):
+                v = np.float64(num_values[j, i])
+                if v != v:
+                    fbin = num_n_edges[j] + 1  # the missing bin
+                else:
+                    fbin = _small_bin(v, num_edges[j], num_n_edges[j])
+                slot = num_slot[j]
+                for d in range(Dd):
+                    feat_h[c, codes[d], slot, fbin] += 1
+            for j in range(Jc):
+                slot = cat_slot[j]
+                cc = cat_codes[j, i]
+                for d in range(Dd):
+                    feat_h[c, codes[d], slot, cc] += 1
+            # ---- data quality flags (order: engine.stats.DQ_FLAGS, then unseen per column)
+            for d in range(Dd):
+                r = codes[d]
+                dq_h[c, r, 0] += 1
+                if valid:
+                    dq_h[c, r, 1] += 1
+                else:
+                    dq_h[c, r, 2] += 1
+                if valid_off:
+                    dq_h[c, r, 3] += 1
+                if invalid_off:
+                    dq_h[c, r, 4] += 1
+                if state < 2:
+                    dq_h[c, r, 5] += 1
+                if invalid_label:
+                    dq_h[c, r, 6] += 1
+                if key_null[i]:
+                    dq_h[c, r, 7] += 1
+            for a in range(C):
+                ia = col_index[a, i]
+                if ia >= 0 and col_unseen[a, ia]:
+                    unseen_any = True
+                    for d in range(Dd):
+                        dq_h[c, codes[d], 9 + a] += 1
+            for j in range(Jc):
+                if cat_unseen[j, i]:
+                    unseen_any = True
+                    for d in range(Dd):
+                        dq_h[c, codes[d], 9 + C + j] += 1
+            if unseen_any:
+                for d in range(Dd):
+                    dq_h[c, codes[d], 8] += 1
+    return (
+        score_h.sum(axis=0),
+        calib_h.sum(axis=0),
+        off_h.sum(axis=0),
+        calib_off_h.sum(axis=0),
+        joint_h.sum(axis=0),
+        delta_h.sum(axis=0),
+        feat_h.sum(axis=0),
+        dq_h.sum(axis=0),
+    )
+
+
+@njit(parallel=True, cache=True)
+def log_loss_terms(p, state, log_eps):
+    """Per-row log-loss term: -log(p) for positives, -log(1 - p) for negatives, else 0.
+
+    ``p`` clipped to ``[log_eps, 1 - log_eps]``. Shared by both accumulate paths so that
+    their fixed-point sums agree to the bit (numpy's SIMD log may differ by an ulp).
+    """
+    out = np.zeros(p.shape[0], dtype=np.float64)
+    for i in prange(p.shape[0]):
+        if state[i] < 2:
+            q = min(max(p[i], log_eps), 1.0 - log_eps)
+            out[i] = -math.log(q) if state[i] == 1 else -math.log1p(-q)
+    return out
