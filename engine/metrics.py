@@ -264,8 +264,12 @@ def aggregate_bins(counts, mapping, n_out: int):
     counts = xp.asarray(counts)
     mapping = np.asarray(mapping)
     starts = np.searchsorted(mapping, np.arange(n_out), side="left")
-    starts = np.minimum(starts, counts.shape[-1] - 1)
-    out = xp.add.reduceat(counts, xp.asarray(starts), axis=-1)
+    # coarse bins past the last mapped one are empty: reduce only the others, pad with 0
+    # (clipping their starts to B - 1 would cut the last non-empty bin short)
+    m = max(1, int(np.sum(starts < counts.shape[-1])))
+    out = xp.add.reduceat(counts, xp.asarray(np.minimum(starts[:m], counts.shape[-1] - 1)), axis=-1)
+    if m < n_out:
+        out = xp.concatenate([out, xp.zeros(out.shape[:-1] + (n_out - m,), dtype=out.dtype)], axis=-1)
     empty = np.searchsorted(mapping, np.arange(n_out), side="left") == np.searchsorted(
         mapping, np.arange(n_out), side="right"
     )
