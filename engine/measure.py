@@ -50,6 +50,8 @@ class Resolution:
     feature_value_edges: list  # per feature: (B_j_values + 1,) outer edges, or None
     feature_psi_maps: list  # per feature: (B_j,) bin -> PSI bin (deciles + missing)
     delta_edges: np.ndarray  # (D + 1,)
+    #: score bin -> JS bin (the bootstrap's coarse grid, so that its bias estimate applies)
+    js_map: np.ndarray | None = None
     n_thresholds: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -95,6 +97,7 @@ def _resolution(layout: Layout, score_edges: np.ndarray, fine_features: bool) ->
         feature_value_edges=value_edges,
         feature_psi_maps=psi_maps,
         delta_edges=np.concatenate([[0.0], delta, [1.0]]),
+        js_map=layout.fine_to(layout.coarse_edges) if fine_features else np.arange(len(score_edges) + 1, dtype=np.int32),
         n_thresholds=len(thresholds),
     )
 
@@ -157,22 +160,43 @@ def measure(online: Grids, baseline: Grids | None, res: Resolution, layout: Layo
         for name, arr in skew.items():
             out[(name, None, None)] = arr
     if baseline is not None:
-        drift = M.score_drift(online.score.sum(-2), baseline.score.sum(-2), res.score_edges, res.decile_map)
+        on_score, base_score = online.score.sum(-2), baseline.score.sum(-2)
+        drift = M.score_drift(on_score, base_score, res.score_edges, res.decile_map)
+        n_js = int(res.js_map.max()) + 1
+        drift["js_divergence"] = M.js_divergence(
+            M.aggregate_bins(on_score, res.js_map, n_js), M.aggregate_bins(base_score, res.js_map, n_js)
+        )
         for name, arr in drift.items():
             out[(name, None, "score")] = arr
         for j, f in enumerate(layout.features):
             on, base = online.features[j], baseline.features[j]
             n_psi = int(res.feature_psi_maps[j].max()) + 1
-            out[("psi", None, f.name)] = M.population_stability_index(
-                M.aggregate_bins(on, res.feature_psi_maps[j], n_psi),
-                M.aggregate_bins(base, res.feature_psi_maps[j], n_psi),
-            )
-            out[("js_divergence", None, f.name)] = M.js_divergence(on, base)
+            on_psi = M.aggregate_bins(on, res.feature_psi_maps[j], n_psi)
+            base_psi = M.aggregate_bins(base, res.feature_psi_maps[j], n_psi)
+            out[("psi", None, f.name)] = M.population_stability_index(on_psi, base_psi)
+            out[("js_divergence", None, f.name)] = M.js_divergence(on_psi, base_psi)
             if f.kind == "numeric":
                 on_v, base_v = _feature_values_only(on, f), _feature_values_only(base, f)
                 out[("ks", None, f.name)] = M.ks_statistic(on_v, base_v)
-                out[("wasserstein", None, f.name)] = M.wasserstein_distance(on_v, base_v, res.feature_value_edges[j])
+                out[("wasserstein", None, f.name)] = M.wasserstein_distance(
+                    on_v, base_v, _baseline_quantile_edges(base_v)
+                )
     return out
+
+
+def _baseline_quantile_edges(base_counts) -> np.ndarray:
+    """Bin edges on the baseline's quantile scale: ``[0, F(e_1), ..., 1]``.
+
+    Feature Wasserstein distances are measured in baseline quantile units (scale-free: 0.05
+    means five percentile points), from the whole population's baseline CDF, the same for
+    every slice. Scores keep their own [0, 1] units.
+    """
+    whole = np.asarray(base_counts, dtype=np.float64)
+    while whole.ndim > 1:
+        whole = whole[0] if whole.ndim == 2 else whole.reshape((-1,) + whole.shape[-2:])[0]
+    total = whole.sum()
+    cdf = np.cumsum(whole) / total if total > 0 else np.linspace(0, 1, whole.size + 1)[1:]
+    return np.concatenate([[0.0], cdf])
 
 
 def denominators(online: Grids, res: Resolution, layout: Layout, keys) -> dict[MetricKey, np.ndarray]:

@@ -1,0 +1,549 @@
+"""The compare stage: every (metric, slice, threshold/feature) against its expectation.
+
+For each test this module decides the expected value, the difference and its interval, the
+one-sided p-value, the status (DESIGN section 6, in order of precedence:
+``insufficient_data``, ``alert``, ``warn``, ``ok``), the severity and the likely cause.
+
+Expectations
+------------
+* performance metrics: the baseline's value of the same metric and slice (for
+  ``scores="offline"`` too: what offline promised). ECE is bias-corrected on both sides with
+  the bootstrap bias estimate, so ``expected`` is the baseline's ECE as it would read at the
+  online sample size.
+* drift metrics: their own null expectation at these sample sizes: analytic for PSI,
+  ``(k - 1) (1 / n_online + 1 / n_baseline)``; the bootstrap bias estimate for JS, KS and
+  Wasserstein.
+* skew metrics: 0 (the same request scored twice should agree).
+* data-quality rates: 0, or the floor for coverages.
+
+Intervals are bootstrap percentile intervals of the difference; rates whose numerator is 0
+or its denominator use the exact Clopper-Pearson interval for the online side, combined with
+the baseline's interval by Newcombe's hybrid method. Data-quality rates use Wilson intervals
+(binomial; exact Clopper-Pearson in the degenerate cases).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.bootstrap import (
+    RATE_METRICS,
+    benjamini_hochberg,
+    clopper_pearson_degenerate,
+    percentile_interval,
+    standard_error,
+)
+from engine.catalogue import MetricSpec, Tolerance
+from engine.config import Config
+from engine.encode import Layout
+
+STATUS_ORDER = {"ok": 0, "warn": 1, "alert": 2}
+
+
+@dataclass
+class Finding:
+    """One row of the result: a (metric, scores, slice, window, feature, threshold) test."""
+
+    metric: str
+    scores: str | None
+    slice: dict[str, str]
+    window: dict[str, str] | None
+    feature: str | None
+    threshold: float | None
+    value: float | None
+    expected: float | None
+    diff: float | None
+    ci: list[float] | None
+    tolerance: dict[str, Any]
+    n: int
+    p_value: float | None
+    status: str
+    cause: str | None
+    severity: float
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of DESIGN section 7 (strict JSON: no NaN)."""
+        return asdict(self)
+
+    def sort_key(self) -> tuple:
+        def k(x: Any) -> tuple:
+            return (x is not None, "" if x is None else x)
+
+        return (
+            self.metric,
+            k(self.scores),
+            tuple(sorted(self.slice.items())),
+            k(None if self.window is None else self.window.get("start")),
+            k(self.feature),
+            k(self.threshold),
+        )
+
+
+def _clean(x: Any) -> float | None:
+    """A finite float, or None (strict JSON)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _norm_sf(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def _z(level: float) -> float:
+    # inverse normal CDF by bisection on erfc: no SciPy at run time
+    lo, hi = 0.0, 10.0
+    target = (1.0 - level) / 2.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if _norm_sf(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@dataclass
+class _Test:
+    """A finding under construction (flat, one per slice x threshold/feature)."""
+
+    key: tuple
+    spec: MetricSpec
+    s: int
+    threshold: float | None
+    feature: str | None
+    value: float
+    expected: float
+    diff: float
+    lo: float
+    hi: float
+    se: float
+    n: int
+    reason: str | None = None
+    insufficient: bool = False
+    p_value: float = float("nan")
+    status: str = "ok"
+    cause: str | None = None
+    severity: float = 0.0
+    beyond: bool = False
+
+
+@dataclass
+class Evidence:
+    """Everything the compare stage needs, already measured.
+
+    ``online[key]``/``baseline[key]`` are (S[, X]) values at the fine grid,
+    ``online_reps``/``baseline_reps`` the (B, S[, X]) replicates (None without a bootstrap),
+    ``n[key]`` the denominators, ``events`` per scores source the (S,) negatives and
+    positives, ``dq`` the (S, Q) data-quality flag counts named by ``dq_flags``.
+    """
+
+    online: dict
+    baseline: dict
+    n: dict
+    events: dict
+    dq: np.ndarray
+    dq_flags: tuple[str, ...]
+    slice_rows: np.ndarray
+    online_reps: dict | None = None
+    baseline_reps: dict | None = None
+    offline_drift: dict = field(default_factory=dict)
+    baseline_rows: dict | None = None
+    has_offline: bool = False
+    has_outcomes: bool = False
+    duplicate_online: int = 0
+    online_rows_raw: int = 0
+
+
+class Judge:
+    """Turns :class:`Evidence` into sorted findings."""
+
+    def __init__(self, layout: Layout, config: Config) -> None:
+        self.layout = layout
+        self.config = config
+        self.level = config.ci_level
+        self.z = _z(config.ci_level)
+        self.labels = layout.slice_labels()
+        self.thresholds = list(layout.thresholds)
+
+    # ------------------------------------------------------------------ public
+    def findings(self, ev: Evidence) -> list[Finding]:
+        tests = self._metric_tests(ev) + self._dq_tests(ev)
+        self._decide(tests, ev)
+        self._causes(tests, ev)
+        out = [self._finding(t) for t in tests]
+        out.sort(key=Finding.sort_key)
+        return out
+
+    # ------------------------------------------------------------------ tests
+    def _spec(self, name: str) -> MetricSpec | None:
+        spec = self.config.resolved_metric(name)
+        return spec if spec.enabled else None
+
+    def _metric_tests(self, ev: Evidence) -> list[_Test]:
+        tests: list[_Test] = []
+        total = float(ev.slice_rows[0]) if ev.slice_rows[0] else 1.0
+        for key, value in ev.online.items():
+            name, scores, feature = key
+            spec = self._spec(name)
+            if spec is None:
+                continue
+            if spec.family == "performance" and not ev.has_outcomes:
+                continue
+            value = np.asarray(value, dtype=np.float64)
+            reps = None if ev.online_reps is None else ev.online_reps.get(key)
+            expected, diff_reps = self._expectation(key, spec, value, reps, ev)
+            n = np.asarray(ev.n[key], dtype=np.float64)
+            diff = value - expected
+            lo, hi, se = self._interval(key, spec, value, diff, diff_reps, n, ev)
+            per_x = value.ndim == 2
+            for s in range(value.shape[0]):
+                for x in range(value.shape[1] if per_x else 1):
+                    idx = (s, x) if per_x else (s,)
+                    t = _Test(
+                        key=key,
+                        spec=spec,
+                        s=s,
+                        threshold=self.thresholds[x] if per_x else None,
+                        feature=feature,
+                        value=float(value[idx]),
+                        expected=float(expected[idx]),
+                        diff=float(diff[idx]),
+                        lo=float(lo[idx]),
+                        hi=float(hi[idx]),
+                        se=float(se[idx]),
+                        n=int(n[idx]) if np.isfinite(n[idx]) else 0,
+                    )
+                    t.severity = 0.0 if total == 0 else float(ev.slice_rows[s]) / total
+                    self._sufficiency(t, ev, scores)
+                    tests.append(t)
+        return tests
+
+    def _expectation(self, key, spec: MetricSpec, value, reps, ev: Evidence):
+        """Expected value and replicates of the difference."""
+        name, scores, feature = key
+        if spec.family == "performance":
+            base = np.asarray(ev.baseline[(name, "online", None)], dtype=np.float64)
+            base_reps = None if ev.baseline_reps is None else ev.baseline_reps.get((name, "online", None))
+            if reps is None:
+                return base, None
+            if spec.bias_corrected:
+                b_on = _nanmean(reps) - value
+                b_base = _nanmean(base_reps) - base
+                return base - b_base + b_on, (reps - 2 * b_on) - (base_reps - 2 * b_base)
+            return base, reps - base_reps
+        if spec.family == "drift":
+            if name == "psi":
+                k = self._psi_bins(feature)
+                n_on = np.asarray(ev.n[key], dtype=np.float64)
+                n_base = self._baseline_rows(feature, ev)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    expected = (k - 1) * (1.0 / n_on + 1.0 / n_base)
+                expected = np.where(np.isfinite(expected), expected, 0.0)
+            elif reps is not None:
+                expected = np.maximum(_nanmean(reps) - value, 0.0)
+            else:
+                expected = np.zeros_like(value)
+            return expected, None if reps is None else reps - 2 * expected
+        return np.zeros_like(value), reps  # skew: the null expectation is 0
+
+    def _psi_bins(self, feature: str) -> int:
+        if feature == "score":
+            return len(self.layout.decile_edges) + 1
+        f = next(f for f in self.layout.features if f.name == feature)
+        return int(f.decile_bins.max()) + 2 if f.kind == "numeric" else f.categories.size
+
+    def _baseline_rows(self, feature: str, ev: Evidence) -> np.ndarray:
+        rows = ev.baseline_rows.get(feature) if isinstance(ev.baseline_rows, dict) else None
+        return np.asarray(rows if rows is not None else ev.slice_rows, dtype=np.float64)
+
+    def _interval(self, key, spec, value, diff, diff_reps, n, ev: Evidence):
+        """(lo, hi, se) of the difference; exact online intervals for degenerate rates."""
+        if diff_reps is None:
+            nan = np.full(value.shape, np.nan)
+            return nan, nan, nan
+        lo, hi = percentile_interval(diff_reps, self.level)
+        se = standard_error(diff_reps)
+        name = key[0]
+        if name in RATE_METRICS:
+            k = np.rint(value * n)
+            degenerate = (n > 0) & ((k == 0) | (k == n))
+            if degenerate.any():
+                l_on, u_on = clopper_pearson_degenerate(k, n, self.level)
+                if spec.family == "performance":
+                    base = value - diff
+                    base_reps = ev.baseline_reps.get((name, "online", None))
+                    bl, bh = percentile_interval(base_reps, self.level)
+                    bl, bh = np.where(np.isnan(bl), base, bl), np.where(np.isnan(bh), base, bh)
+                else:
+                    base = np.zeros_like(value)
+                    bl = bh = base
+                new_lo = diff - np.sqrt((value - l_on) ** 2 + (bh - base) ** 2)
+                new_hi = diff + np.sqrt((u_on - value) ** 2 + (base - bl) ** 2)
+                new_se = (new_hi - new_lo) / (2 * self.z)
+                lo = np.where(degenerate, new_lo, lo)
+                hi = np.where(degenerate, new_hi, hi)
+                se = np.where(degenerate, np.fmax(se, new_se), se)
+        return lo, hi, se
+
+    def _sufficiency(self, t: _Test, ev: Evidence, scores: str | None) -> None:
+        spec = t.spec
+        if not math.isfinite(t.value):
+            t.insufficient = True
+            t.reason = self._undefined_reason(t, ev, scores)
+            return
+        if t.n < spec.min_rows:
+            t.insufficient = True
+            t.reason = f"n = {t.n} is below the minimum of {spec.min_rows}"
+            return
+        if spec.min_events and scores is not None:
+            neg, pos = ev.events[scores]
+            if min(neg[t.s], pos[t.s]) < spec.min_events:
+                t.insufficient = True
+                t.reason = (
+                    f"{int(pos[t.s])} positives and {int(neg[t.s])} negatives; "
+                    f"at least {spec.min_events} of each are needed"
+                )
+
+    def _undefined_reason(self, t: _Test, ev: Evidence, scores: str | None) -> str:
+        if scores is not None:
+            neg, pos = ev.events[scores]
+            if t.key[0] == "auc" and min(neg[t.s], pos[t.s]) == 0:
+                return "undefined: the slice has only one class of outcome"
+            if t.n == 0:
+                return "undefined: the denominator is 0 (no row qualifies)"
+        if t.n == 0:
+            return "undefined: no rows"
+        return "undefined for this slice"
+
+    def _dq_tests(self, ev: Evidence) -> list[_Test]:
+        flags = {name: ev.dq[:, q].astype(np.float64) for q, name in enumerate(ev.dq_flags)}
+        rows = flags["rows"]
+        total = rows[0] if rows[0] else 1.0
+        specs: list[tuple[str, np.ndarray, str | None]] = []
+        if ev.has_offline:
+            specs.append(("join_coverage", flags["has_offline"], None))
+        if ev.has_outcomes:
+            specs.append(("label_coverage", flags["has_label"], None))
+            specs.append(("invalid_label_rate", flags["invalid_label"], None))
+        specs.append(("invalid_score_rate", flags["invalid_score"], None))
+        specs.append(("null_key_rate", flags["null_key"], None))
+        specs.append(("unseen_value_rate", flags["unseen_value"], None))
+        for name in ev.dq_flags:
+            if name.startswith("unseen:"):
+                specs.append(("unseen_value_rate", flags[name], name.split(":", 1)[1]))
+        tests = []
+        for name, counts, column in specs:
+            spec = self._spec(name)
+            if spec is None:
+                continue
+            for s in range(len(rows)):
+                tests.append(self._rate_test(spec, s, counts[s], rows[s], column, rows[s] / total))
+        spec = self._spec("duplicate_key_rate")
+        if spec is not None and ev.online_rows_raw:
+            tests.append(
+                self._rate_test(spec, 0, float(ev.duplicate_online), float(ev.online_rows_raw), None, 1.0)
+            )
+        return tests
+
+    def _rate_test(self, spec: MetricSpec, s: int, k: float, n: float, column: str | None, share: float) -> _Test:
+        value = k / n if n > 0 else float("nan")
+        floor = spec.tolerance_kind == "floor"
+        expected = spec.tolerance if floor else 0.0
+        lo_v, hi_v = _wilson(k, n, self.z)
+        if n > 0 and (k == 0 or k == n):
+            cl, ch = clopper_pearson_degenerate(np.array(k), np.array(n), self.level)
+            lo_v, hi_v = float(cl), float(ch)
+        se = max(math.sqrt(max(value * (1 - value), 0.0) / n) if n > 0 else float("nan"), (hi_v - lo_v) / (2 * self.z))
+        t = _Test(
+            key=(spec.name, None, column),
+            spec=spec,
+            s=s,
+            threshold=None,
+            feature=column,
+            value=value,
+            expected=expected,
+            diff=value - expected,
+            lo=lo_v - expected,
+            hi=hi_v - expected,
+            se=se,
+            n=int(n),
+        )
+        t.severity = share
+        self._sufficiency(t, None, None)  # type: ignore[arg-type]
+        return t
+
+    # ------------------------------------------------------------------ status
+    def _decide(self, tests: list[_Test], ev: Evidence) -> None:
+        for t in tests:
+            if t.insufficient:
+                continue
+            tol: Tolerance = t.spec.tolerance_spec
+            value = t.value
+            if tol.kind == "floor":
+                t.beyond = bool(tol.beyond(t.diff, t.expected, value=value))
+                ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else False
+                margin = 0.0
+            else:
+                margin = float(tol.margin(t.expected))
+                t.beyond = bool(tol.beyond(t.diff, t.expected))
+                ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else False
+            t.p_value = self._p_value(t, tol, margin)
+            t._ci_beyond = ci_beyond  # type: ignore[attr-defined]
+            scale = (1.0 - tol.value if tol.bad == "decrease" else tol.value) if tol.kind == "floor" else margin
+            t.severity = (abs(t.diff) / scale if scale > 0 else (0.0 if t.diff == 0 else abs(t.diff) / 1e-12)) * t.severity
+        testable = [t for t in tests if not t.insufficient and math.isfinite(t.p_value)]
+        survive = benjamini_hochberg(np.array([t.p_value for t in testable]), self.config.fdr_q) if testable else []
+        for t, ok in zip(testable, survive):
+            t._bh = bool(ok)  # type: ignore[attr-defined]
+        for t in tests:
+            if t.insufficient:
+                t.status = "insufficient_data"
+            elif getattr(t, "_ci_beyond", False) and getattr(t, "_bh", False):
+                t.status = "alert"
+            elif t.beyond or getattr(t, "_ci_beyond", False):
+                t.status = "warn"
+            else:
+                t.status = "ok"
+
+    def _p_value(self, t: _Test, tol: Tolerance, margin: float) -> float:
+        if not math.isfinite(t.se):
+            return float("nan")
+        if tol.kind == "floor":
+            # H0: the value is on the good side of the bound
+            excess = (tol.value - t.value) if tol.bad == "decrease" else (t.value - tol.value)
+            return _one_sided(excess, t.se)
+        up = _one_sided(t.diff - margin, t.se)
+        down = _one_sided(-margin - t.diff, t.se)
+        if tol.bad == "increase":
+            return up
+        if tol.bad == "decrease":
+            return down
+        return min(up, down)
+
+    # ------------------------------------------------------------------ causes
+    def _causes(self, tests: list[_Test], ev: Evidence) -> None:
+        by_slice: dict[int, list[_Test]] = {}
+        for t in tests:
+            by_slice.setdefault(t.s, []).append(t)
+        for s, group in by_slice.items():
+            flagged = [t for t in group if t.status in ("warn", "alert")]
+            skew_beyond = any(t.spec.family == "skew" for t in flagged)
+            feature_drift = any(t.spec.family == "drift" and t.feature != "score" and not self._unseen_explained(t, group) for t in flagged)
+            offline_moved = self._offline_score_moved(s, ev)
+            input_drift = feature_drift or offline_moved
+            offline_ok = {
+                (t.key[0], t.threshold): not t.beyond
+                for t in group
+                if t.key[1] == "offline" and not t.insufficient
+            }
+            for t in group:
+                if t.status not in ("warn", "alert"):
+                    t.cause = None
+                    continue
+                fam = t.spec.family
+                name, scores, feature = t.key
+                if fam == "data_quality":
+                    t.cause = "data_quality"
+                elif fam == "skew":
+                    t.cause = "serving_skew"
+                elif fam == "drift" and feature != "score":
+                    t.cause = "data_quality" if self._unseen_explained(t, group) else "data_drift"
+                elif fam == "drift":  # the score's own distribution
+                    if ev.has_offline:
+                        t.cause = "data_drift" if offline_moved else "serving_skew"
+                    else:
+                        t.cause = "data_drift"
+                elif scores == "online" and skew_beyond and offline_ok.get((name, t.threshold), False):
+                    t.cause = "serving_skew"
+                elif input_drift:
+                    t.cause = "data_drift"
+                else:
+                    t.cause = "concept_drift"
+
+    def _unseen_explained(self, t: _Test, group: list[_Test]) -> bool:
+        """A categorical drift explained by values the baseline never saw."""
+        return any(
+            u.key[0] == "unseen_value_rate" and u.feature == t.feature and u.status in ("warn", "alert")
+            for u in group
+        )
+
+    def _offline_score_moved(self, s: int, ev: Evidence) -> bool:
+        """Whether the replay's scores of the same requests drifted beyond tolerance.
+
+        Judged on PSI (its null expectation is analytic, so no bootstrap is needed).
+        """
+        value = ev.offline_drift.get(("psi", None, "score"))
+        spec = self._spec("psi")
+        if value is None or spec is None:
+            return False
+        v = float(np.asarray(value)[s])
+        n_on = float(ev.n[("psi", None, "score")][s])
+        n_base = float(self._baseline_rows("score", ev)[s])
+        if not (math.isfinite(v) and n_on >= spec.min_rows and n_base > 0):
+            return False
+        expected = (self._psi_bins("score") - 1) * (1 / n_on + 1 / n_base)
+        return bool(spec.tolerance_spec.beyond(v - expected, expected))
+
+    # ------------------------------------------------------------------ output
+    def _finding(self, t: _Test) -> Finding:
+        ci = None
+        if math.isfinite(t.lo) and math.isfinite(t.hi) and not t.insufficient:
+            ci = [_clean(t.lo), _clean(t.hi)]
+        value = _clean(t.value)
+        return Finding(
+            metric=t.key[0],
+            scores=t.key[1],
+            slice=self.labels[t.s],
+            window=None,
+            feature=t.feature,
+            threshold=t.threshold,
+            value=value,
+            expected=_clean(t.expected) if value is not None else _clean(t.expected),
+            diff=_clean(t.diff),
+            ci=ci,
+            tolerance=t.spec.tolerance_spec.to_dict(),
+            n=int(t.n),
+            p_value=None if t.insufficient else _clean(t.p_value),
+            status=t.status,
+            cause=t.cause,
+            severity=_clean(t.severity) or 0.0,
+            reason=t.reason,
+        )
+
+
+def _one_sided(excess: float, se: float) -> float:
+    """P(Z > excess / se): small when the divergence is clearly beyond the bound."""
+    if se <= 0:
+        return 0.0 if excess > 0 else 1.0
+    return _norm_sf(excess / se)
+
+
+def _wilson(k: float, n: float, z: float) -> tuple[float, float]:
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _nanmean(a: np.ndarray) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=0)
+
+
+def verdict(findings: list[Finding]) -> str:
+    """The worst status among the findings: ``alert``, ``warn`` or ``ok``."""
+    worst = max((STATUS_ORDER.get(f.status, 0) for f in findings), default=0)
+    return {0: "ok", 1: "warn", 2: "alert"}[worst]

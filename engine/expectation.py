@@ -1,0 +1,197 @@
+"""The baseline (`parity baseline`): the offline expectation, built from evaluation data.
+
+A baseline directory is self-describing::
+
+    manifest.json     id, created_at, engine version, inputs (fingerprints), rows, meta
+    config.yaml       the configuration it was built with (slices, features, thresholds...)
+    layout.json       the frozen cells: top-K values, score and feature edges
+    statistics.npz    the evaluation data's sufficient statistics on that layout
+
+``parity check`` takes slices, thresholds and edges from it, so every later run encodes the
+same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from engine import __version__
+from engine.config import Config, load_config
+from engine.encode import LayoutBuilder, Layout
+from engine.errors import ConfigError, SchemaError
+from engine.io import TableSource, open_table
+from engine.stats import LABEL, SCORE, VALUE, Accumulator, Statistics
+from kernels import get_kernels
+
+LAYOUT_FILE, STATS_FILE, MANIFEST_FILE, CONFIG_FILE = "layout.json", "statistics.npz", "manifest.json", "config.yaml"
+
+
+@dataclass
+class Baseline:
+    """A built (or loaded) baseline."""
+
+    layout: Layout
+    statistics: Statistics
+    config: Config
+    manifest: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.manifest.get("id", "")
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        """Write the directory atomically (a temporary sibling, then a rename)."""
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            (tmp / LAYOUT_FILE).write_text(json.dumps(self.layout.to_dict()))
+            self.statistics.to_npz(tmp / STATS_FILE)
+            (tmp / CONFIG_FILE).write_text(self.config.to_yaml())
+            (tmp / MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2, sort_keys=True))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.path = str(out)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Baseline":
+        """Read a baseline directory; a missing or foreign directory is a ConfigError."""
+        p = Path(path)
+        missing = [f for f in (LAYOUT_FILE, STATS_FILE, MANIFEST_FILE, CONFIG_FILE) if not (p / f).is_file()]
+        if not p.is_dir() or missing:
+            raise ConfigError(
+                f"The baseline directory '{path}' is not a parity baseline"
+                + (f": {', '.join(missing)} missing." if p.is_dir() else ": it does not exist.")
+                + " Build one with 'parity baseline DATA --out DIR'."
+            )
+        try:
+            layout = Layout.from_dict(json.loads((p / LAYOUT_FILE).read_text()))
+            stats = Statistics.from_npz(p / STATS_FILE)
+            manifest = json.loads((p / MANIFEST_FILE).read_text())
+        except (ValueError, KeyError, OSError) as exc:
+            raise ConfigError(f"The baseline directory '{path}' is unreadable or corrupt ({exc}).") from None
+        if stats.layout_id != layout.fingerprint():
+            raise ConfigError(
+                f"The baseline directory '{path}' is inconsistent: its statistics were built on "
+                "another layout. Rebuild it with 'parity baseline'."
+            )
+        return cls(layout, stats, load_config(p / CONFIG_FILE), manifest, str(p))
+
+
+def _require_columns(src: TableSource, config: Config) -> None:
+    cols = config.columns.evaluation
+    src.require(cols.score, "numeric")
+    src.require(cols.label, ("integer_or_bool", "numeric"))
+    for c in config.slices:
+        src.require(c, "any")
+    for f, kind in config.features.items():
+        src.require(f, "numeric" if kind == "numeric" else "any")
+    if cols.weight is not None:
+        raise ConfigError(
+            f"The 'columns.evaluation.weight' option names '{cols.weight}', but sample weights are not "
+            "supported yet; remove the option (or downsample without weights)."
+        )
+
+
+def _renamed(batch: pa.RecordBatch, renames: dict[str, str]) -> pa.RecordBatch:
+    """The batch with canonical names for score/label/value (other columns unchanged)."""
+    names = [renames.get(n, n) for n in batch.schema.names]
+    return pa.RecordBatch.from_arrays(batch.columns, names=names)
+
+
+def build_baseline(
+    data: Any,
+    config: Config | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    meta: dict[str, str] | None = None,
+    backend: str = "auto",
+) -> Baseline:
+    """Build the baseline from evaluation data (two streaming passes).
+
+    Pass 1 counts slice and categorical values exactly (top-K) and samples scores and
+    numeric features for the quantile edges; pass 2 accumulates the statistics.
+
+    Parameters
+    ----------
+    data : path, pyarrow.Table or pandas.DataFrame
+        The evaluation set: score, label, slice and feature columns, optional value.
+    config : Config
+    out : path, optional
+        Where to write the baseline directory.
+    meta : dict, optional
+        User metadata (``--meta key=value``), kept in the manifest.
+    backend : {"auto", "cpu", "gpu"}
+    """
+    config = config or Config()
+    kernels = get_kernels(backend)
+    src = open_table(data, "evaluation")
+    _require_columns(src, config)
+    cols = config.columns.evaluation
+    value_col = cols.value if cols.value is not None and src.has(cols.value) else None
+    if value_col is not None:
+        src.require(value_col, "numeric")
+    slices, features = list(config.slices), dict(config.features)
+    needed = list(dict.fromkeys([cols.score, cols.label, *slices, *features] + ([value_col] if value_col else [])))
+    renames = {cols.score: SCORE, cols.label: LABEL}
+    if value_col:
+        renames[value_col] = VALUE
+
+    builder = LayoutBuilder(
+        slices,
+        features,
+        config.thresholds,
+        score_column=cols.score,
+        top_k=config.top_k,
+        score_bins=config.score_bins,
+        crosses=[tuple(c) for c in config.crosses],
+    )
+    for batch in src.batches(needed, batch_size=config.batch_size):
+        builder.update(batch)
+    layout = builder.build()
+
+    acc = Accumulator(layout, kernels, with_value=value_col is not None)
+    stats = acc.zero()
+    for batch in src.batches(needed, batch_size=config.batch_size):
+        if batch.num_rows:
+            stats = acc.update(stats, _renamed(batch, renames))
+    if stats.rows == 0:
+        raise SchemaError(f"The evaluation data {src.where} has no rows; cannot build a baseline.")
+
+    fingerprint = src.fingerprint()
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    ident = hashlib.sha256(
+        f"{fingerprint.fingerprint}|{config.config_hash()}|{layout.fingerprint()}".encode()
+    ).hexdigest()[:16]
+    manifest = {
+        "id": ident,
+        "created_at": created,
+        "engine_version": __version__,
+        "backend": kernels.name,
+        "config_hash": config.config_hash(),
+        "layout_id": layout.fingerprint(),
+        "rows": stats.rows,
+        "inputs": [fingerprint.to_dict()],
+        "schema": {f.name: str(f.type) for f in src.schema},
+        "has_value": value_col is not None,
+        "meta": dict(meta or {}),
+    }
+    baseline = Baseline(layout, stats, config, manifest)
+    if out is not None:
+        baseline.save(out)
+    return baseline

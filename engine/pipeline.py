@@ -1,0 +1,289 @@
+"""``parity check``: scan -> join -> encode/accumulate -> measure -> bootstrap -> compare.
+
+Every arrow is one of the stage modules; this module only wires them and keeps the run
+record (inputs, fingerprints, seed, config hash) that goes into the result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import uuid
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine import __version__
+from engine import measure as ME
+from engine import metrics as M
+from engine.bootstrap import CellBootstrap
+from engine.compare import Evidence, Judge, verdict
+from engine.config import Config, load_config
+from engine.errors import ConfigError
+from engine.expectation import Baseline
+from engine.io import TableSource, open_table
+from engine.join import JoinSpec, join
+from engine.result import CheckResult
+from engine.stats import KEY_NULL, Accumulator
+from kernels import get_kernels
+
+
+def _resolve_config(bl: Baseline, config: Config | str | os.PathLike | None, overrides: dict[str, Any]) -> Config:
+    if config is None:
+        cfg = bl.config
+    elif isinstance(config, Config):
+        cfg = config
+    else:
+        cfg = load_config(config)
+    # slices, features and thresholds are frozen in the baseline's layout
+    frozen = {
+        "slices": list(bl.layout.slice_columns),
+        "crosses": [list(c) for c in bl.layout.crosses],
+        "features": {f.name: f.kind for f in bl.layout.features},
+        "thresholds": list(bl.layout.thresholds),
+    }
+    return cfg.with_overrides(**frozen, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _with_key_null(batch: pa.RecordBatch, keys: list[str]) -> pa.RecordBatch:
+    null = None
+    for k in keys:
+        col = batch.column(k)
+        m = pc.is_null(col)
+        null = m if null is None else pc.or_(null, m)
+    if null is None:
+        null = pa.array(np.zeros(batch.num_rows, dtype=bool))
+    return pa.RecordBatch.from_arrays(list(batch.columns) + [null], names=list(batch.schema.names) + [KEY_NULL])
+
+
+def run_check(
+    baseline: Baseline | str | os.PathLike,
+    online: Any,
+    *,
+    offline: Any = None,
+    outcomes: Any = None,
+    keys: list[str] | None = None,
+    score: str | None = None,
+    offline_score: str | None = None,
+    label: str | None = None,
+    time_column: str | None = None,
+    window: str | None = None,
+    backend: str = "auto",
+    bootstrap: int | None = None,
+    seed: int | None = None,
+    config: Config | str | os.PathLike | None = None,
+    meta: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CheckResult:
+    """Compare online traffic (and its replay and outcomes) with a baseline.
+
+    Parameters
+    ----------
+    baseline : Baseline or path of a baseline directory
+    online, offline, outcomes : path, pyarrow.Table or pandas.DataFrame
+    keys : list of str, optional
+        Join key (composite when several); default from the config (``request_id``).
+    score, offline_score, label : str, optional
+        Column names, overriding the config. ``offline_score``/``label`` name columns of the
+        offline/outcomes tables; to use a column the online table already carries, set
+        ``columns.online.offline_score`` / ``columns.online.label`` in the config.
+    time_column, window : str, optional
+        Time windows are not supported yet: a window is a ConfigError.
+    backend : {"auto", "cpu", "gpu"}
+    bootstrap, seed : int, optional
+        Replicates (0: no intervals) and seed; default from the config.
+    config : Config or path, optional
+        Tolerances, minimums, columns; the slices, features and thresholds always come from
+        the baseline.
+    meta : dict, optional
+        ``--meta key=value`` pairs, recorded in the run.
+    progress : callable, optional
+        Called with the number of rows of each batch accumulated.
+
+    Returns
+    -------
+    CheckResult
+    """
+    started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    t0 = time.perf_counter()
+    bl = baseline if isinstance(baseline, Baseline) else Baseline.load(baseline)
+    overrides: dict[str, Any] = {"bootstrap": bootstrap, "seed": seed}
+    if keys:
+        overrides["columns.online.key"] = list(keys)
+    if score:
+        overrides["columns.online.score"] = score
+    if offline_score:
+        overrides["columns.offline.score"] = offline_score
+    if label:
+        overrides["columns.outcomes.label"] = label
+    if time_column:
+        overrides["columns.online.ts"] = time_column
+    cfg = _resolve_config(bl, config, overrides)
+    if window or cfg.window:
+        raise ConfigError(
+            "Time windows are not supported yet: parity judges the whole period. "
+            f"Remove --window / the 'window' option (got {window or cfg.window!r})."
+        )
+    kernels = get_kernels(backend)
+    layout = bl.layout
+    cols = cfg.columns
+
+    src_on = open_table(online, "online")
+    src_off = open_table(offline, "offline") if offline is not None else None
+    src_out = open_table(outcomes, "outcomes") if outcomes is not None else None
+    spec = _join_spec(cfg, layout, src_on, src_off, src_out)
+    has_offline = src_off is not None or spec.online_offline_score is not None
+    has_outcomes = src_out is not None or spec.online_label is not None
+    with_value = spec.value is not None and bool(bl.manifest.get("has_value"))
+    if not with_value:
+        spec.value = None
+
+    stream = join(
+        src_on, src_off, src_out, spec,
+        batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
+    )
+    acc = Accumulator(layout, kernels, paired=has_offline, with_value=with_value)
+    stats = acc.zero()
+    join_keys = spec.keys if (src_off is not None or src_out is not None) else [k for k in spec.keys if src_on.has(k)]
+    for batch in stream:
+        if not batch.num_rows:
+            continue
+        stats = acc.update(stats, _with_key_null(batch, join_keys))
+        if progress is not None:
+            progress(batch.num_rows)
+    report = stream.report
+
+    g_on = ME.grids_from_statistics(stats, layout)
+    g_base = ME.grids_from_statistics(bl.statistics, layout)
+    fine = ME.fine_resolution(layout)
+    online_vals = ME.measure(g_on, g_base, fine, layout)
+    baseline_vals = ME.measure(g_base, None, fine, layout)
+    reps_on = reps_base = None
+    if cfg.bootstrap > 0:
+        reps = CellBootstrap(layout, kernels, replicates=cfg.bootstrap, seed=cfg.seed).run(g_on, g_base)
+        reps_on, reps_base = reps.online, reps.baseline
+
+    events = {"online": (g_on.score[..., 0, :].sum(-1), g_on.score[..., 1, :].sum(-1))}
+    offline_drift = {}
+    if has_offline:
+        events["offline"] = (g_on.offline[..., 0, :].sum(-1), g_on.offline[..., 1, :].sum(-1))
+        drift = M.score_drift(g_on.offline.sum(-2), g_base.score.sum(-2), fine.score_edges, fine.decile_map)
+        offline_drift[("psi", None, "score")] = drift["psi"]
+    baseline_rows = {"score": g_base.score.sum((-1, -2))}
+    for j, f in enumerate(layout.features):
+        baseline_rows[f.name] = g_base.features[j].sum(-1)
+    evidence = Evidence(
+        online=online_vals,
+        baseline=baseline_vals,
+        n=ME.denominators(g_on, fine, layout, online_vals.keys()),
+        events=events,
+        dq=g_on.dq,
+        dq_flags=acc.dq_flags,
+        slice_rows=g_on.dq[:, 0],
+        online_reps=reps_on,
+        baseline_reps=reps_base,
+        offline_drift=offline_drift,
+        baseline_rows=baseline_rows,
+        has_offline=has_offline,
+        has_outcomes=has_outcomes,
+        duplicate_online=int(report.duplicate_keys.get("online", 0)),
+        online_rows_raw=int(report.online_rows),
+    )
+    findings = Judge(layout, cfg).findings(evidence)
+
+    inputs = []
+    for src in (src_on, src_off, src_out):
+        if src is not None:
+            inputs.append(src.fingerprint().to_dict())
+    run = {
+        "id": uuid.uuid4().hex[:16],
+        "started_at": started.isoformat().replace("+00:00", "Z"),
+        "engine_version": __version__,
+        "backend": "gpu" if kernels.name == "gpu" else "cpu",
+        "baseline_id": bl.id,
+        "config_hash": cfg.config_hash(),
+        "seed": cfg.seed,
+        "bootstrap": cfg.bootstrap,
+        "ci_level": cfg.ci_level,
+        "inputs": inputs,
+        "meta": dict(meta or {}),
+        "duration_s": round(time.perf_counter() - t0, 3),
+        "joins": {"offline": report.offline_join, "outcomes": report.outcome_join},
+    }
+    whole = {name: int(g_on.dq[0, q]) for q, name in enumerate(acc.dq_flags)}
+    data_quality = {
+        "online_rows": int(report.online_rows),
+        "offline_rows": int(report.offline_rows),
+        "outcome_rows": int(report.outcome_rows),
+        "matched_offline": int(report.matched_offline),
+        "matched_outcomes": int(report.matched_outcomes),
+        "offline_without_online": int(report.offline_without_online),
+        "duplicate_keys": {k: int(v) for k, v in report.duplicate_keys.items()},
+        "invalid_scores": whole["invalid_score"],
+        "invalid_labels": whole["invalid_label"],
+        "null_keys": int(report.null_keys),
+        "unseen_values": {name.split(":", 1)[1]: v for name, v in whole.items() if name.startswith("unseen:")},
+        "invalid_offline_scores": whole["invalid_offline_score"],
+    }
+    return CheckResult(verdict(findings), findings, run, data_quality)
+
+
+def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out) -> JoinSpec:
+    """Validate the columns each table needs and say what travels through the join."""
+    cols = cfg.columns
+    keys = cols.key("online")
+    for table, src in (("offline", src_off), ("outcomes", src_out)):
+        if src is not None and cols.key(table) != keys:
+            raise ConfigError(
+                f"The key of the {table} table ({cols.key(table)}) differs from the online key ({keys}); "
+                "rename the columns so that every table uses the same key names."
+            )
+    src_on.require(cols.online.score, "numeric")
+    if src_off is not None or src_out is not None:
+        for k in keys:
+            src_on.require(k, "key")
+    for c in layout.slice_columns:
+        src_on.require(c, "any")
+    for f in layout.features:
+        src_on.require(f.name, "numeric" if f.kind == "numeric" else "any")
+    if src_off is not None:
+        for k in keys:
+            src_off.require(k, "key")
+        src_off.require(cols.offline.score, "numeric")
+    value = None
+    outcome_ts = None
+    if src_out is not None:
+        for k in keys:
+            src_out.require(k, "key")
+        src_out.require(cols.outcomes.label, ("integer_or_bool", "numeric"))
+        if cols.outcomes.value is not None and src_out.has(cols.outcomes.value):
+            src_out.require(cols.outcomes.value, "numeric")
+            value = cols.outcomes.value
+        if cols.outcomes.ts is not None and src_out.has(cols.outcomes.ts):
+            outcome_ts = cols.outcomes.ts
+    online_label = cols.online.label
+    if online_label is not None:
+        src_on.require(online_label, ("integer_or_bool", "numeric"))
+    online_off = cols.online.offline_score
+    if online_off is not None:
+        src_on.require(online_off, "numeric")
+    carried = list(dict.fromkeys([*layout.slice_columns, *[f.name for f in layout.features]]))
+    ts = cols.online.ts if cols.online.ts is not None and src_on.has(cols.online.ts) else None
+    if ts is not None:
+        carried.append(ts)
+    carried = [c for c in dict.fromkeys(carried) if c not in keys]
+    return JoinSpec(
+        keys=keys if (src_off is not None or src_out is not None) else [k for k in keys if src_on.has(k)],
+        online_score=cols.online.score,
+        offline_score=cols.offline.score,
+        label=cols.outcomes.label,
+        value=value,
+        online_columns=carried,
+        online_label=online_label,
+        online_offline_score=online_off,
+        outcome_ts=outcome_ts,
+        online_ts=ts,
+    )
