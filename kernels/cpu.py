@@ -9,6 +9,8 @@ end (integer addition: the result does not depend on the number of threads).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -17,10 +19,11 @@ from kernels import _rng
 
 _RNG = _rng.build(njit(inline="always", cache=True))
 _cell_base, _draw_hash = _RNG.cell_base, _RNG.draw_hash
-_poisson, _normal, _poisson1 = _RNG.poisson, _RNG.normal, _RNG.poisson1
+_poisson, _normal, _poisson1, _uniform = _RNG.poisson, _RNG.normal, _RNG.poisson1, _RNG.uniform
 
 #: Rows per parallel chunk; a chunk owns a private histogram.
 _CHUNK_ROWS = 1 << 18
+_CUTOFF = _rng.POISSON_INVERSION_CUTOFF
 _LUT_BITS = 16
 
 
@@ -117,10 +120,39 @@ def _poisson_cells(base, keys, lam, rep_start, n_reps, out):
     for c in prange(keys.shape[0]):
         cb = _cell_base(base, keys[c])
         lc = lam[c]
-        for r in range(n_reps):
-            if lc <= 0.0:
+        if lc <= 0.0:
+            for r in range(n_reps):
                 out[r, c] = 0
-            else:
+        elif lc < _CUTOFF:
+            # The inversion's CDF, built once per cell with exactly the arithmetic of the
+            # scalar ``poisson`` (so the draws are identical), then searched per replicate.
+            table = np.empty(201, dtype=np.float64)
+            p = math.exp(-lc)
+            acc = p
+            table[0] = acc
+            last = 0
+            while last < 200:
+                p = p * lc / (last + 1)
+                if acc + p == acc:
+                    break
+                acc += p
+                last += 1
+                table[last] = acc
+            for r in range(n_reps):
+                u = _uniform(_draw_hash(cb, rep_start + r))
+                if u > table[last]:
+                    out[r, c] = 200 if last == 200 else _poisson(lc, _draw_hash(cb, rep_start + r))
+                    continue
+                lo, hi = 0, last  # smallest k with u <= table[k]
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if u > table[mid]:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                out[r, c] = lo
+        else:
+            for r in range(n_reps):
                 out[r, c] = _poisson(lc, _draw_hash(cb, rep_start + r))
 
 

@@ -72,10 +72,26 @@ def _uniform(h: np.ndarray) -> np.ndarray:
 
 
 def _normal(h: np.ndarray) -> np.ndarray:
-    u1 = _uniform(h)
-    with np.errstate(over="ignore"):
-        u2 = _uniform(_mix64(h ^ _U64(_rng.SECOND_UNIFORM)))
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    """Acklam's inverse normal CDF at one uniform (see ``kernels._rng``)."""
+    p = _uniform(h)
+    a, b, c, d = _rng.ACKLAM_A, _rng.ACKLAM_B, _rng.ACKLAM_C, _rng.ACKLAM_D
+
+    def tail(q):
+        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0
+        )
+
+    out = np.empty_like(p)
+    low, high = p < _rng.ACKLAM_LOW, p > 1.0 - _rng.ACKLAM_LOW
+    mid = ~(low | high)
+    out[low] = tail(np.sqrt(-2.0 * np.log(p[low])))
+    out[high] = -tail(np.sqrt(-2.0 * np.log(1.0 - p[high])))
+    q = p[mid] - 0.5
+    r = q * q
+    out[mid] = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (
+        ((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0
+    )
+    return out
 
 
 def poisson_cells(seed, role, cell_keys, lam, rep_start, n_reps) -> np.ndarray:

@@ -1,0 +1,289 @@
+"""The ``parity`` command: a thin layer over the Python API, adding exit codes and printing.
+
+Exit codes: 0 nothing at or above ``--fail-on``; 1 findings at or above it; 2 usage,
+configuration or input error (a message naming the file, column and value; no traceback);
+3 internal error (a bug: a short message, the traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import ConfigError, ParityError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="parity: post-deployment validation of ML models (online vs offline vs outcomes).",
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+FAIL_ON = ("alert", "warn", "never")
+
+
+def _console(quiet: bool = False) -> Console:
+    return Console(stderr=False, quiet=quiet, highlight=False, soft_wrap=False)
+
+
+def _error(message: str, code: int) -> None:
+    Console(stderr=True, highlight=False).print(f"[bold red]parity: error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn, debug: bool):
+    """Run ``fn``: user errors exit 2 with their message, bugs exit 3."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except ParityError as exc:
+        _error(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        _error("interrupted", 130)
+    except Exception as exc:  # a bug: say so, briefly
+        if debug:
+            traceback.print_exc()
+        _error(
+            f"internal error ({type(exc).__name__}: {exc}). This is a bug in parity; "
+            "rerun with --debug for the traceback and report it.",
+            EXIT_INTERNAL,
+        )
+
+
+def _meta(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p or not p.split("=", 1)[0]:
+            raise ConfigError(f"The '--meta' option must be KEY=VALUE. Got {p!r} instead.")
+        k, v = p.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _features(specs: list[str] | None, data) -> dict[str, str]:
+    """``--feature COL`` (kind inferred from the column type) or ``COL:numeric|categorical``."""
+    from engine.io import dtype_matches
+
+    out: dict[str, str] = {}
+    for spec in specs or []:
+        name, _, kind = spec.partition(":")
+        if kind and kind not in ("numeric", "categorical"):
+            raise ConfigError(
+                f"The kind in '--feature {spec}' must be 'numeric' or 'categorical'. Got {kind!r} instead."
+            )
+        if not kind:
+            dtype = data.require(name, "any")
+            kind = "numeric" if dtype_matches(dtype, "numeric") else "categorical"
+        out[name] = kind
+    return out
+
+
+# ---------------------------------------------------------------------------- baseline
+@app.command("baseline")
+def baseline_cmd(
+    data: Annotated[str, typer.Argument(help="Evaluation data: Parquet file/directory or CSV.")],
+    out: Annotated[str, typer.Option("--out", help="Baseline directory to write.")],
+    score: Annotated[Optional[str], typer.Option("--score", help="Score column.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="Label column (0/1).")] = None,
+    slice_: Annotated[Optional[list[str]], typer.Option("--slice", help="Slice column (repeatable).")] = None,
+    feature: Annotated[
+        Optional[list[str]], typer.Option("--feature", help="Feature column, COL or COL:numeric|categorical (repeatable).")
+    ] = None,
+    threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="Decision threshold (repeatable).")] = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", help="Sample-weight column.")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help="YAML config file.")] = None,
+    meta: Annotated[Optional[list[str]], typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="auto|cpu|gpu")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Build the offline expectation (baseline) from evaluation data."""
+
+    def run() -> None:
+        from engine.config import Config, load_config
+        from engine.expectation import build_baseline
+        from engine.io import open_table
+
+        cfg = load_config(config) if config else Config()
+        src = open_table(data, "evaluation")
+        overrides: dict = {
+            "columns.evaluation.score": score,
+            "columns.evaluation.label": label,
+            "columns.evaluation.weight": weight,
+        }
+        if slice_:
+            overrides["slices"] = list(dict.fromkeys([*cfg.slices, *slice_]))
+        if feature:
+            overrides["features"] = {**cfg.features, **_features(feature, src)}
+        if threshold:
+            overrides["thresholds"] = list(threshold)
+        cfg = cfg.with_overrides(**overrides)
+        bl = build_baseline(src, cfg, out=out, meta=_meta(meta), backend=backend)
+        _console(quiet).print(
+            f"baseline {bl.id}: {bl.statistics.rows:,} rows, {bl.layout.n_slices} slices, "
+            f"{len(bl.layout.features)} features, thresholds {list(bl.layout.thresholds)} -> {out}"
+        )
+
+    _guard(run, debug)
+
+
+# ---------------------------------------------------------------------------- check
+@app.command("check")
+def check_cmd(
+    baseline: Annotated[str, typer.Option("--baseline", help="Baseline directory.")],
+    online: Annotated[str, typer.Option("--online", help="Online log: Parquet file/directory or CSV.")],
+    offline: Annotated[Optional[str], typer.Option("--offline", help="Offline replay of the same requests.")] = None,
+    outcomes: Annotated[Optional[str], typer.Option("--outcomes", help="Outcomes (labels that arrived later).")] = None,
+    key: Annotated[Optional[list[str]], typer.Option("--key", help="Join key column (repeat for a composite key).")] = None,
+    score: Annotated[Optional[str], typer.Option("--score", help="Online score column.")] = None,
+    offline_score: Annotated[Optional[str], typer.Option("--offline-score", help="Offline score column.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="Outcome label column.")] = None,
+    time: Annotated[Optional[str], typer.Option("--time", help="Online time column.")] = None,
+    window: Annotated[Optional[str], typer.Option("--window", help="Window duration (e.g. 1h, 1d).")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="auto|cpu|gpu")] = "auto",
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Dask scheduler ADDRESS or 'local'.")] = None,
+    bootstrap: Annotated[Optional[int], typer.Option("--bootstrap", help="Bootstrap replicates (0: none).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Bootstrap seed.")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help="YAML config file.")] = None,
+    meta: Annotated[Optional[list[str]], typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the JSON result here.")] = None,
+    findings: Annotated[Optional[str], typer.Option("--findings", help="Write the findings as Parquet here.")] = None,
+    report: Annotated[Optional[str], typer.Option("--report", help="Write the HTML report here.")] = None,
+    history: Annotated[Optional[str], typer.Option("--history", help="Append the run to this history directory.")] = None,
+    fail_on: Annotated[str, typer.Option("--fail-on", help="alert|warn|never")] = "alert",
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Compare online traffic, its offline replay and outcomes with a baseline."""
+
+    def run() -> int:
+        from engine.pipeline import run_check
+
+        if fail_on not in FAIL_ON:
+            raise ConfigError(f"The '--fail-on' option must be one of {', '.join(FAIL_ON)}. Got {fail_on!r} instead.")
+        if scheduler is not None:
+            raise ConfigError(
+                f"The '--scheduler' option ({scheduler!r}) needs the Dask backend, which is not built yet; "
+                "run without it (single process)."
+            )
+        result = run_check(
+            baseline,
+            online,
+            offline=offline,
+            outcomes=outcomes,
+            keys=key,
+            score=score,
+            offline_score=offline_score,
+            label=label,
+            time_column=time,
+            window=window,
+            backend=backend,
+            bootstrap=bootstrap,
+            seed=seed,
+            config=config,
+            meta=_meta(meta),
+        )
+        if json_out:
+            result.write_json(json_out)
+        if findings:
+            result.write_findings(findings)
+        if report:
+            result.report(report)
+        if history:
+            from engine.store import RunHistory
+
+            RunHistory(history).append(result)
+        print_summary(result, _console(quiet))
+        return exit_code(result.verdict, fail_on)
+
+    raise typer.Exit(_guard(run, debug))
+
+
+def exit_code(verdict: str, fail_on: str) -> int:
+    """1 when the verdict is at or above ``fail_on``, else 0."""
+    if fail_on == "never":
+        return EXIT_OK
+    if verdict == "alert" or (verdict == "warn" and fail_on == "warn"):
+        return EXIT_FINDINGS
+    return EXIT_OK
+
+
+def print_summary(result, console: Console, limit: int = 20) -> None:
+    """Alerts (then warnings) by severity, as a table; then the counts."""
+    flagged = sorted(
+        (f for f in result.findings if f.status in ("alert", "warn")),
+        key=lambda f: (f.status != "alert", -f.severity),
+    )
+    counts: dict[str, int] = {}
+    for f in result.findings:
+        counts[f.status] = counts.get(f.status, 0) + 1
+    style = {"alert": "bold red", "warn": "yellow", "ok": "green"}[result.verdict]
+    console.print(
+        f"[{style}]verdict: {result.verdict}[/]  "
+        + "  ".join(f"{k}: {counts.get(k, 0)}" for k in ("alert", "warn", "ok", "insufficient_data"))
+        + f"  ({result.data_quality['online_rows']:,} online rows)"
+    )
+    if not flagged:
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col in ("status", "severity", "cause", "metric", "slice", "detail", "value", "expected", "ci of diff"):
+        table.add_column(col)
+    for f in flagged[:limit]:
+        slice_text = ", ".join(f"{k}={v}" for k, v in f.slice.items()) or "(all)"
+        detail = ", ".join(
+            x for x in (f.scores and f"scores={f.scores}", f.feature and f"feature={f.feature}",
+                        f.threshold is not None and f"t={f.threshold:g}") if x
+        )
+        fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+        ci = "-" if f.ci is None else f"[{fmt(f.ci[0])}, {fmt(f.ci[1])}]"
+        table.add_row(
+            f.status, f"{f.severity:.3g}", f.cause or "-", f.metric, slice_text, detail,
+            fmt(f.value), fmt(f.expected), ci,
+        )
+    console.print(table)
+    if len(flagged) > limit:
+        console.print(f"... and {len(flagged) - limit} more (see --json / --findings)")
+
+
+# ---------------------------------------------------------------------------- demo
+@app.command("demo")
+def demo_cmd(
+    rows: Annotated[int, typer.Option("--rows", help="Online rows to generate.")] = 1_000_000,
+    out: Annotated[Optional[str], typer.Option("--out", help="Directory for the generated data and results.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic world.")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="auto|cpu|gpu")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print only the verdict line.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Generate a deployment with injected problems, run baseline and check, compare."""
+
+    def run() -> int:
+        from engine.demo import run_demo
+
+        if rows < 10_000:
+            raise ConfigError(f"The '--rows' option must be at least 10000. Got {rows} instead.")
+        outcome = run_demo(rows=rows, out=out, seed=seed, backend=backend, console=_console(quiet))
+        return EXIT_OK if outcome.passed else EXIT_FINDINGS
+
+    raise typer.Exit(_guard(run, debug))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        sys.exit(code if isinstance(code, int) else (EXIT_USAGE if code else EXIT_OK))
+
+
+if __name__ == "__main__":
+    main()
