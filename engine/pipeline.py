@@ -22,7 +22,7 @@ from engine import metrics as M
 from engine.bootstrap import CellBootstrap
 from engine.compare import Evidence, Judge, verdict
 from engine.config import Config, load_config
-from engine.errors import ConfigError
+from engine.errors import ConfigError, SchemaError
 from engine.expectation import Baseline
 from engine.io import TableSource, open_table
 from engine.join import JoinSpec, join
@@ -245,10 +245,17 @@ def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out) -> Jo
     if src_off is not None or src_out is not None:
         for k in keys:
             src_on.require(k, "key")
-    for c in layout.slice_columns:
-        src_on.require(c, "any")
-    for f in layout.features:
-        src_on.require(f.name, "numeric" if f.kind == "numeric" else "any")
+    try:
+        for c in layout.slice_columns:
+            src_on.require(c, "any")
+        for f in layout.features:
+            src_on.require(f.name, "numeric" if f.kind == "numeric" else "any")
+    except SchemaError as exc:
+        raise SchemaError(
+            f"{exc} The baseline was built with slice columns {list(layout.slice_columns)} and "
+            f"features {[f.name for f in layout.features]}, so the online table must have them; "
+            "was the baseline built for another model or schema?"
+        ) from None
     if src_off is not None:
         for k in keys:
             src_off.require(k, "key")
