@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.errors import ConfigError, ParityError
@@ -34,7 +35,11 @@ def _console(quiet: bool = False) -> Console:
 
 
 def _error(message: str, code: int) -> None:
-    Console(stderr=True, highlight=False).print(f"[bold red]parity: error:[/] {message}", markup=True)
+    # soft_wrap: never break the message (a path or a column name) at the console width;
+    # escape: a message quoting "[...]" is text, not rich markup.
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[bold red]parity: error:[/] {escape(message)}", markup=True
+    )
     raise typer.Exit(code)
 
 
@@ -66,6 +71,43 @@ def _meta(pairs: list[str] | None) -> dict[str, str]:
         k, v = p.split("=", 1)
         out[k] = v
     return out
+
+
+def _output_path(path: str | None, what: str, *, directory: bool = False) -> None:
+    """Fail before the run, not after it, when an output cannot be written where asked."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.exists() and not directory and p.is_dir():
+        raise ConfigError(f"Cannot write {what} to '{path}': it is a directory; give a file name.")
+    if p.exists() and directory and not p.is_dir():
+        raise ConfigError(f"Cannot write {what} to '{path}': it exists and is not a directory.")
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"Cannot write {what} to '{path}': '{parent}' is a file, not a directory.")
+            break
+
+
+def _write(fn, path: str, what: str) -> None:
+    """``fn(path)``; a filesystem refusal (permissions, full disk) is a usage error."""
+    try:
+        fn(path)
+    except OSError as exc:
+        raise ConfigError(f"Cannot write {what} to '{path}': {exc.strerror or exc}.") from None
+
+
+def _check_baseline_out(out: str) -> None:
+    """``--out`` is replaced wholesale: refuse a directory that holds something else."""
+    from engine.expectation import MANIFEST_FILE
+
+    _output_path(out, "the baseline", directory=True)
+    p = Path(out).expanduser()
+    if p.is_dir() and any(p.iterdir()) and not (p / MANIFEST_FILE).is_file():
+        raise ConfigError(
+            f"The baseline directory '{out}' exists and is not a parity baseline (no {MANIFEST_FILE}); "
+            "parity replaces the whole directory, so give a new or empty directory."
+        )
 
 
 def _features(specs: list[str] | None, data) -> dict[str, str]:
@@ -126,7 +168,9 @@ def baseline_cmd(
         if threshold:
             overrides["thresholds"] = list(threshold)
         cfg = cfg.with_overrides(**overrides)
-        bl = build_baseline(src, cfg, out=out, meta=_meta(meta), backend=backend)
+        _check_baseline_out(out)
+        bl = build_baseline(data, cfg, meta=_meta(meta), backend=backend)
+        _write(bl.save, out, "the baseline")
         _console(quiet).print(
             f"baseline {bl.id}: {bl.statistics.rows:,} rows, {bl.layout.n_slices} slices, "
             f"{len(bl.layout.features)} features, thresholds {list(bl.layout.thresholds)} -> {out}"
@@ -165,10 +209,22 @@ def check_cmd(
     """Compare online traffic, its offline replay and outcomes with a baseline."""
 
     def run() -> int:
+        from engine.config import parse_duration
         from engine.pipeline import run_check
 
         if fail_on not in FAIL_ON:
             raise ConfigError(f"The '--fail-on' option must be one of {', '.join(FAIL_ON)}. Got {fail_on!r} instead.")
+        if window is not None:
+            try:
+                parse_duration(window)
+            except ConfigError:
+                raise ConfigError(
+                    f"The '--window' option must be a duration such as '1h' or '1d'. Got {window!r} instead."
+                ) from None
+        meta_pairs = _meta(meta)
+        for path, what in ((json_out, "the JSON result"), (findings, "the findings"), (report, "the report")):
+            _output_path(path, what)
+        _output_path(history, "the run history", directory=True)
         if scheduler is not None:
             raise ConfigError(
                 f"The '--scheduler' option ({scheduler!r}) needs the Dask backend, which is not built yet; "
@@ -189,18 +245,18 @@ def check_cmd(
             bootstrap=bootstrap,
             seed=seed,
             config=config,
-            meta=_meta(meta),
+            meta=meta_pairs,
         )
         if json_out:
-            result.write_json(json_out)
+            _write(result.write_json, json_out, "the JSON result")
         if findings:
-            result.write_findings(findings)
+            _write(result.write_findings, findings, "the findings")
         if report:
-            result.report(report)
+            _write(result.report, report, "the report")
         if history:
             from engine.store import RunHistory
 
-            RunHistory(history).append(result)
+            _write(lambda p: RunHistory(p).append(result), history, "the run history")
         print_summary(result, _console(quiet))
         return exit_code(result.verdict, fail_on)
 
