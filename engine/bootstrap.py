@@ -8,7 +8,7 @@ cells x replicates, whatever the number of rows.
 Choices, documented:
 
 * **Coarse grid.** Replicates are drawn on the coarse grid of the layout (calibration edges,
-  i.e. score deciles and thresholds, plus about 64 score quantiles; feature deciles;
+  i.e. score deciles and thresholds, plus 32 score quantiles; feature deciles;
   every 8th |delta| edge). Threshold metrics, PSI, ECE, Brier and log loss are exact on it.
   For metrics that the fine grid sharpens (AUC, KS, JS, Wasserstein, p99 of |delta|), the
   replicate is ``fine point + (coarse replicate - coarse point)``: the fine grid fixes the
@@ -24,6 +24,18 @@ Choices, documented:
   role 1 online: the two sides' replicates are independent.
 * **Degenerate rates.** Where a rate's numerator is 0 or its denominator, the percentile
   interval collapses to a point: the exact Clopper-Pearson interval is used instead.
+* **Rates with few events.** The cell bootstrap of a proportion ``k / n`` is exactly the
+  row-level one, but its *percentile* interval is, in effect, a Wald interval: centred on
+  ``k / n`` with the spread of ``k / n``, so with fewer than about a hundred events (or
+  non-events) its two tails are unbalanced. Measured in ``tests/test_bootstrap.py``: a 0.3 %
+  flip rate on 20,000 paired rows (60 flips) lies above the percentile interval 3.7 % of the
+  time and below it 1.3 % (95 % interval, 2.5 % expected each side); a difference of rates
+  with unequal counts fails the same way. :func:`rate_interval` (Jeffreys, equal-tailed) and
+  :func:`rate_difference_interval` (MOVER on Jeffreys intervals) keep each tail within
+  2.5 +- 1 % from about ten events, and are the intervals to use for ``RATE_METRICS`` under
+  the cell (row-level) bootstrap; the replicates still give the standard error of the
+  p-values. (They assume independent rows: the unit-level bootstrap of correlated rows keeps
+  its percentile intervals.)
 """
 
 from __future__ import annotations
@@ -267,6 +279,129 @@ def clopper_pearson_degenerate(k: np.ndarray, n: np.ndarray, level: float = 0.95
         edge = np.where(n > 0, (alpha / 2.0) ** (1.0 / np.where(n > 0, n, 1.0)), np.nan)
     lo = np.where(k == 0, 0.0, np.where(k == n, edge, np.nan))
     hi = np.where(k == 0, 1.0 - edge, np.where(k == n, 1.0, np.nan))
+    return lo, hi
+
+
+_LGAMMA = np.vectorize(math.lgamma, otypes=[np.float64])
+
+
+def _log_beta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _LGAMMA(a) + _LGAMMA(b) - _LGAMMA(a + b)
+
+
+def _beta_cf(a: np.ndarray, b: np.ndarray, x: np.ndarray, max_iter: int = 2000) -> np.ndarray:
+    """The continued fraction of the incomplete beta function (modified Lentz), vectorised.
+
+    Converges fast for ``x < (a + 1) / (a + b + 2)`` (a few dozen terms near the 2.5 % and
+    97.5 % quantiles, even for ``a`` and ``b`` in the billions).
+    """
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = np.ones_like(x)
+    d = 1.0 - qab * x / qap
+    d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+    h = d.copy()
+    for m in range(1, max_iter + 1):
+        m2 = 2.0 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+            c = 1.0 + aa / c
+            c = np.where(np.abs(c) < tiny, tiny, c)
+            step = d * c
+            h = h * step
+        if np.all(np.abs(step - 1.0) < 1e-13):  # rounding noise is ~1e-12 for b ~ 1e9
+            break
+    return h
+
+
+def _beta_cdf(x: np.ndarray, a: np.ndarray, b: np.ndarray, log_beta: np.ndarray) -> np.ndarray:
+    """The regularized incomplete beta function ``I_x(a, b)`` for ``0 < x < 1``."""
+    swap = x > (a + 1.0) / (a + b + 2.0)
+    a2, b2 = np.where(swap, b, a), np.where(swap, a, b)
+    x2 = np.where(swap, 1.0 - x, x)
+    with np.errstate(divide="ignore", under="ignore"):
+        front = np.exp(a2 * np.log(x2) + b2 * np.log1p(-x2) - log_beta) / a2
+    value = front * _beta_cf(a2, b2, x2)
+    return np.where(swap, 1.0 - value, value)
+
+
+def _beta_ppf(q: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The ``q`` quantile of Beta(a, b), ``a, b > 0``: safeguarded Newton on ``I_x(a, b)``."""
+    from statistics import NormalDist
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.size == 0:
+        return np.zeros_like(a)
+    log_beta = _log_beta(a, b)
+    mean = a / (a + b)
+    sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0)))
+    x = np.clip(mean + NormalDist().inv_cdf(q) * sd, 1e-300, 1.0 - 1e-16)
+    lo, hi = np.zeros_like(a), np.ones_like(a)
+    for _ in range(200):
+        f = _beta_cdf(x, a, b, log_beta) - q
+        lo = np.where(f < 0, x, lo)
+        hi = np.where(f >= 0, x, hi)
+        with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+            pdf = np.exp((a - 1.0) * np.log(x) + (b - 1.0) * np.log1p(-x) - log_beta)
+            new = x - f / pdf
+        new = np.where((new > lo) & (new < hi), new, 0.5 * (lo + hi))
+        done = np.abs(new - x) <= 1e-11 * x
+        x = new
+        if done.all():
+            break
+    return x
+
+
+def rate_interval(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of a proportion ``k / n``: Jeffreys, or Clopper-Pearson where ``k`` is 0 or ``n``.
+
+    The Jeffreys interval is the equal-tailed ``level`` interval of Beta(k + 1/2, n - k + 1/2)
+    (Brown, Cai & DasGupta 2001); unlike the percentile interval of a bootstrapped rate, its
+    two tails stay balanced with few events (see the module docstring). ``k`` is rounded to
+    an integer; NaN where ``n <= 0``.
+    """
+    alpha = 1.0 - level
+    k = np.rint(np.asarray(k, dtype=np.float64))
+    n = np.asarray(n, dtype=np.float64)
+    k, n = np.broadcast_arrays(k, n)
+    lo = np.full(k.shape, np.nan)
+    hi = np.full(k.shape, np.nan)
+    inner = (n > 0) & (k > 0) & (k < n)
+    if inner.any():
+        a, b = k[inner] + 0.5, n[inner] - k[inner] + 0.5
+        lo[inner] = _beta_ppf(alpha / 2.0, a, b)
+        hi[inner] = _beta_ppf(1.0 - alpha / 2.0, a, b)
+    edge = (n > 0) & ((k == 0) | (k == n))
+    if edge.any():
+        cl, ch = clopper_pearson_degenerate(k[edge], n[edge], level)
+        lo[edge], hi[edge] = cl, ch
+    return lo, hi
+
+
+def rate_difference_interval(
+    k_on: np.ndarray, n_on: np.ndarray, k_base: np.ndarray, n_base: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interval of ``k_on / n_on - k_base / n_base`` for independent samples.
+
+    MOVER (Newcombe 1998; Zou & Donner 2008) on the :func:`rate_interval` of each side::
+
+        lo = d - sqrt((p_on - l_on)**2 + (u_base - p_base)**2)
+        hi = d + sqrt((u_on - p_on)**2 + (p_base - l_base)**2)
+
+    NaN where either denominator is 0.
+    """
+    k_on, n_on = np.rint(np.asarray(k_on, dtype=np.float64)), np.asarray(n_on, dtype=np.float64)
+    k_base, n_base = np.rint(np.asarray(k_base, dtype=np.float64)), np.asarray(n_base, dtype=np.float64)
+    l_on, u_on = rate_interval(k_on, n_on, level)
+    l_b, u_b = rate_interval(k_base, n_base, level)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_on = np.where(n_on > 0, k_on / np.where(n_on > 0, n_on, 1.0), np.nan)
+        p_b = np.where(n_base > 0, k_base / np.where(n_base > 0, n_base, 1.0), np.nan)
+    d = p_on - p_b
+    lo = d - np.sqrt((p_on - l_on) ** 2 + (u_b - p_b) ** 2)
+    hi = d + np.sqrt((u_on - p_on) ** 2 + (p_b - l_b) ** 2)
     return lo, hi
 
 

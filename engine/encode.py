@@ -30,6 +30,8 @@ NULL = "__null__"
 LOG_EPS = 1e-15
 #: At most this many distinct values per categorical column are remembered as "seen".
 MAX_SEEN_VALUES = 100_000
+#: Quantile bins of the bootstrap's coarse score grid (deciles and thresholds are added).
+COARSE_SCORE_BINS = 32
 #: A uniform grid of this many bins is always part of the fine score edges.
 UNIFORM_SCORE_BINS = 256
 #: Label states of a row.
@@ -119,7 +121,7 @@ class Layout:
     score_edges: np.ndarray
     #: Score deciles (a subset of ``score_edges``).
     decile_edges: np.ndarray
-    #: Coarse grid for the bootstrap: calibration edges plus ~64 quantiles (subset of fine).
+    #: Coarse grid for the bootstrap: calibration edges plus ~32 quantiles (subset of fine).
     coarse_edges: np.ndarray
     features: tuple[FeatureLayout, ...] = ()
     delta_edges: np.ndarray = field(default_factory=lambda: default_delta_edges())
@@ -319,8 +321,10 @@ class LayoutBuilder:
         floor_grid = np.arange(1, UNIFORM_SCORE_BINS) / UNIFORM_SCORE_BINS
         low_tail = np.geomspace(1e-7, fine[0], 16)[:-1] if fine.size and fine[0] > 1e-7 else np.zeros(0)
         score_edges = _unique_sorted(np.concatenate([fine, deciles, thresholds, floor_grid, low_tail]))
-        coarse = quantile_edges(scores, 64, 0.0, 1.0)
+        coarse = quantile_edges(scores, COARSE_SCORE_BINS, 0.0, 1.0)
         coarse_edges = _unique_sorted(np.concatenate([coarse, deciles, thresholds]))
+        # the coarse grid must be a coarsening of the fine one (k/32 = 32k/1024 quantiles)
+        coarse_edges = coarse_edges[np.isin(coarse_edges, score_edges)]
         features = []
         for name, kind in self.features.items():
             if kind == "numeric":
