@@ -438,12 +438,11 @@ class Judge:
             feature_drift = any(t.spec.family == "drift" and t.feature != "score" and not self._unseen_explained(t, group) for t in flagged)
             offline_moved = self._offline_score_moved(s, ev)
             input_drift = feature_drift or offline_moved
-            # "within tolerance" for the replay: not itself an alert (a noisy point estimate
-            # beyond tolerance on the offline side does not make the skew a concept drift)
-            offline_ok = {
-                (t.key[0], t.threshold): t.status != "alert"
-                for t in group
-                if t.key[1] == "offline" and not t.insufficient
+            # In a skewed slice the replay is "within tolerance" unless it is itself an alert:
+            # a noisy (warn) or unmeasurable (insufficient) offline counterpart is no evidence
+            # that the outcomes moved rather than the serving path.
+            offline_alerts = {
+                (t.key[0], t.threshold) for t in group if t.key[1] == "offline" and t.status == "alert"
             }
             for t in group:
                 if t.status not in ("warn", "alert"):
@@ -462,7 +461,7 @@ class Judge:
                         t.cause = "data_drift" if offline_moved else "serving_skew"
                     else:
                         t.cause = "data_drift"
-                elif scores == "online" and skew_beyond and offline_ok.get((name, t.threshold), False):
+                elif scores == "online" and skew_beyond and (name, t.threshold) not in offline_alerts:
                     t.cause = "serving_skew"
                 elif input_drift:
                     t.cause = "data_drift"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.config import Config
@@ -127,6 +128,6 @@ def _print(console: Console, outcome: DemoOutcome, timings: dict[str, float]) ->
     console.print(f"clean slices: {len(clean)}, alerts in them: {len(clean_alerts)}")
     for title, items in (("missed", outcome.missed), ("wrong cause", outcome.wrong_cause), ("unexplained", outcome.unexplained)):
         for item in items[:10]:
-            console.print(f"[red]{title}:[/] {item}")
+            console.print(f"[red]{title}:[/] {escape(item)}")
     console.print("[bold green]PASS[/]: every injected problem found with its cause, nothing else" if outcome.passed
                   else "[bold red]FAIL[/]")

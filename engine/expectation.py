@@ -53,6 +53,11 @@ class Baseline:
     def save(self, out_dir: str | os.PathLike) -> None:
         """Write the directory atomically (a temporary sibling, then a rename)."""
         out = Path(out_dir)
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
+            raise ConfigError(
+                f"The baseline output '{out}' exists and is not a parity baseline; "
+                "choose another directory (nothing was overwritten)."
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:

@@ -79,6 +79,25 @@ def _float_column(col) -> np.ndarray:
     return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
 
 
+def _canonical(*args):
+    """Arguments of the fused kernel in one canonical form per type.
+
+    Numba compiles once per signature, and a signature includes each array's dtype and
+    writeability (Arrow hands out read-only arrays for columns without nulls, writable
+    copies otherwise). Floats become float64, every array a read-only contiguous view, so
+    the kernel compiles once.
+    """
+    out = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            if a.dtype == np.float32:
+                a = a.astype(np.float64)
+            a = np.ascontiguousarray(a).view()
+            a.flags.writeable = False
+        out.append(a)
+    return out
+
+
 def to_fixed(x: np.ndarray, bits: int) -> np.ndarray:
     """``rint(x * 2**bits)`` as int64: exact, order-independent sums."""
     return np.rint(np.asarray(x, dtype=np.float64) * float(2**bits)).astype(np.int64)
@@ -407,7 +426,7 @@ class Accumulator:
         score_index = self.kernels.edge_index(layout.score_edges)
         delta_index = self.kernels.edge_index(layout.delta_edges)
         n_chunks = max(1, min(numba.get_num_threads(), -(-n // 65536)))
-        score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h = fused_accumulate(
+        score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h = fused_accumulate(*_canonical(
             n_chunks,
             col_index, col_lut, col_unseen, col_null, dim_a, dim_b, dim_b_size, self._dim_offsets, self._n_raw,
             score, offline, self.paired, label, key_null,
@@ -419,7 +438,7 @@ class Accumulator:
             cat_codes, cat_unseen, np.array([j for j, _ in categorical], np.int64),
             max(1, len(layout.features)), self._feature_bins, len(self._dq_flags),
             float(2**P_BITS), float(2**LL_BITS), float(2**LL2_BITS), LOG_EPS,
-        )
+        ))
         out = {"score": score_h[None], "calib": calib_h, "feature": feat_h[None], "dq": dq_h[None]}
         if self.paired:
             out.update(offline=off_h[None], calib_off=calib_off_h, joint=joint_h[None], delta=delta_h)
