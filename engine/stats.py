@@ -44,7 +44,7 @@ from engine.encode import (
     dictionary_parts,
 )
 from engine.errors import StatisticsError
-from kernels.cpu_fused import fused_accumulate, log_loss_terms
+from kernels.cpu_fused import fused_accumulate, log_loss_terms, uniform_lut
 
 #: Fixed-point resolutions (bits after the binary point) of each summed quantity.
 #: Bounded in [0, 1]: 2**-32. Log-loss terms are at most -log(1e-15) = 34.5: 2**-32 keeps
@@ -434,6 +434,7 @@ class Accumulator:
             self._fine_to_calib.astype(np.int64), self._n_calib, self._thresholds,
             delta_index.edges, delta_index.kmin, delta_index.shift, delta_index.lut,
             num_values, num_edges, np.array([len(f.edges) for _, f in numeric], np.int64),
+            *self._numeric_luts(numeric),
             np.array([j for j, _ in numeric], np.int64),
             cat_codes, cat_unseen, np.array([j for j, _ in categorical], np.int64),
             max(1, len(layout.features)), self._feature_bins, len(self._dq_flags),
@@ -447,6 +448,17 @@ class Accumulator:
             outer = self.slice_codes(batch)[0]
             out["value"] = self._value_grid(batch, outer, state)
         return Statistics(self.layout_id, self._n_raw, self._whole_from, out, n)
+
+    def _numeric_luts(self, numeric) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Value lookup tables of the numeric features (built once per accumulator)."""
+        if getattr(self, "_luts", None) is None:
+            tables = [uniform_lut(f.edges) for _, f in numeric]
+            size = max([len(t[0]) for t in tables], default=1)
+            lut = np.zeros((len(tables), size), np.int32)
+            for j, (table, _, _) in enumerate(tables):
+                lut[j, : len(table)] = table
+            self._luts = (lut, np.array([t[1] for t in tables]), np.array([t[2] for t in tables]))
+        return self._luts
 
     def _labels(self, batch: pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if LABEL not in batch.schema.names:

@@ -13,9 +13,10 @@ tests compare the two bit for bit); the per-row rules below mirror that module.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange  # noqa: F401  (prange: log_loss_terms)
 
 _TOP = np.uint64(1) << np.uint64(63)
 
@@ -37,17 +38,38 @@ def _key_bin(v, edges, kmin, shift, lut):
 
 
 @njit(inline="always", cache=True)
-def _small_bin(v, edges, n_edges):
-    """searchsorted(edges[:n_edges], v, 'right') by bisection (few edges)."""
-    lo = 0
-    hi = n_edges
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if v >= edges[mid]:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _uniform_bin(v, edges, n_edges, lut, lo, scale):
+    """searchsorted(edges[:n_edges], v, 'right') through a lookup table uniform in value.
+
+    ``lut[c]`` is the bin of the lowest value of table cell ``c``; a short scan in either
+    direction makes the result exact whatever the rounding of ``(v - lo) * scale``.
+    """
+    if n_edges == 0:
+        return 0
+    x = (v - lo) * scale
+    if x < 0.0:
+        code = 0
+    elif x >= lut.shape[0]:
+        code = n_edges
+    else:
+        code = lut[int(x)]
+    while code < n_edges and v >= edges[code]:
+        code += 1
+    while code > 0 and v < edges[code - 1]:
+        code -= 1
+    return code
+
+
+def uniform_lut(edges: np.ndarray, size: int = 1024) -> tuple[np.ndarray, float, float]:
+    """The table of :func:`_uniform_bin` for sorted ``edges``: ``(lut, lo, scale)``."""
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.size < 2 or not edges[-1] > edges[0]:
+        lo = float(edges[0]) if edges.size else 0.0
+        return np.searchsorted(edges, [lo], side="right").astype(np.int32), lo, 0.0
+    lo = float(edges[0])
+    scale = size / float(edges[-1] - edges[0])
+    lows = lo + np.arange(size) / scale
+    return np.searchsorted(edges, lows, side="right").astype(np.int32), lo, scale
 
 
 @njit(inline="always", cache=True)
@@ -55,9 +77,10 @@ def _fixed(x, scale):
     return np.int64(np.rint(x * scale))
 
 
-@njit(parallel=True, cache=True)
-def fused_accumulate(
-    n_chunks,
+@njit(nogil=True, cache=True)
+def _accumulate_range(
+    row_start,
+    row_end,
     # slices: per slice column, the row's dictionary index (-1 null) and index -> code table
     col_index,  # (C, n) int32
     col_lut,  # (C, Dmax) int32 dictionary index -> code
@@ -89,6 +112,9 @@ def fused_accumulate(
     num_values,  # (Jn, n) float
     num_edges,  # (Jn, Emax) float64 (padded)
     num_n_edges,  # (Jn,) int64
+    num_lut,  # (Jn, L) int32 value lookup tables (see uniform_lut)
+    num_lo,  # (Jn,) float64
+    num_scale,  # (Jn,) float64
     num_slot,  # (Jn,) int64 feature axis index of each numeric feature
     cat_codes,  # (Jc, n) int32 codes of categorical features
     cat_unseen,  # (Jc, n) bool
@@ -101,7 +127,6 @@ def fused_accumulate(
     ll2_scale,
     log_eps,
 ):
-    n = score.shape[0]
     Dd = dim_a.shape[0]
     C = col_index.shape[0]
     F = edges.shape[0] + 1
@@ -110,163 +135,163 @@ def fused_accumulate(
     DB = delta_edges.shape[0] + 1
     Jn = num_values.shape[0]
     Jc = cat_codes.shape[0]
-    chunk = (n + n_chunks - 1) // n_chunks
-    score_h = np.zeros((n_chunks, n_raw, 3, F), dtype=np.int64)
-    calib_h = np.zeros((n_chunks, 5, n_raw, 3, n_calib), dtype=np.int64)
-    off_h = np.zeros((n_chunks, n_raw, 3, F), dtype=np.int64)
-    calib_off_h = np.zeros((n_chunks, 5, n_raw, 3, n_calib), dtype=np.int64)
-    joint_h = np.zeros((n_chunks, n_raw, TT), dtype=np.int64)
-    delta_h = np.zeros((n_chunks, 3, n_raw, DB), dtype=np.int64)
-    feat_h = np.zeros((n_chunks, n_raw, n_features, feature_bins), dtype=np.int64)
-    dq_h = np.zeros((n_chunks, n_raw, n_dq), dtype=np.int64)
-    for c in prange(n_chunks):
-        codes = np.empty(Dd, dtype=np.int64)
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            # ---- slice codes of every dimension
-            unseen_any = False
-            for d in range(Dd):
-                a = dim_a[d]
-                ia = col_index[a, i]
-                code = col_lut[a, ia] if ia >= 0 else col_null_code[a]
-                b = dim_b[d]
-                if b >= 0:
-                    ib = col_index[b, i]
-                    code = code * dim_b_size[d] + (col_lut[b, ib] if ib >= 0 else col_null_code[b])
-                codes[d] = dim_offsets[d] + code
-            # ---- label state
-            y = label[i]
-            if y == 1.0:
-                state = 1
-            elif y == 0.0:
-                state = 0
-            else:
-                state = 2
-            invalid_label = (y == y) and state == 2
-            # ---- online score
-            s = np.float64(score[i])
-            valid = s >= 0.0 and s <= 1.0
-            if valid:
-                fb = _key_bin(s, edges, kmin, shift, lut)
-                cb = fine_to_calib[fb]
-                p = s
-                pf = _fixed(p, p_scale)
-                p2f = _fixed(p * p, p_scale)
-                ll = 0.0
-                if state < 2:
-                    q = min(max(p, log_eps), 1.0 - log_eps)
-                    ll = -math.log(q) if state == 1 else -math.log1p(-q)
-                llf = _fixed(ll, ll_scale)
-                ll2f = _fixed(ll * ll, ll2_scale)
-                for d in range(Dd):
-                    r = codes[d]
-                    score_h[c, r, state, fb] += 1
-                    calib_h[c, 0, r, state, cb] += 1
-                    calib_h[c, 1, r, state, cb] += pf
-                    calib_h[c, 2, r, state, cb] += p2f
-                    calib_h[c, 3, r, state, cb] += llf
-                    calib_h[c, 4, r, state, cb] += ll2f
-            # ---- offline replay of the same request
-            valid_off = False
-            invalid_off = False
-            if paired:
-                o = np.float64(offline[i])
-                valid_off = o >= 0.0 and o <= 1.0
-                invalid_off = (o == o) and not valid_off
-                if valid_off:
-                    fo = _key_bin(o, edges, kmin, shift, lut)
-                    co = fine_to_calib[fo]
-                    of = _fixed(o, p_scale)
-                    o2f = _fixed(o * o, p_scale)
-                    llo = 0.0
-                    if state < 2:
-                        q = min(max(o, log_eps), 1.0 - log_eps)
-                        llo = -math.log(q) if state == 1 else -math.log1p(-q)
-                    llof = _fixed(llo, ll_scale)
-                    llo2f = _fixed(llo * llo, ll2_scale)
-                    for d in range(Dd):
-                        r = codes[d]
-                        off_h[c, r, state, fo] += 1
-                        calib_off_h[c, 0, r, state, co] += 1
-                        calib_off_h[c, 1, r, state, co] += of
-                        calib_off_h[c, 2, r, state, co] += o2f
-                        calib_off_h[c, 3, r, state, co] += llof
-                        calib_off_h[c, 4, r, state, co] += llo2f
-                    if valid:
-                        ton = 0
-                        toff = 0
-                        for t in range(T):
-                            if s >= thresholds[t]:
-                                ton += 1
-                            if o >= thresholds[t]:
-                                toff += 1
-                        jc = ton * (T + 1) + toff
-                        dl = abs(s - o)
-                        db = _key_bin(dl, delta_edges, dkmin, dshift, dlut)
-                        df = _fixed(dl, p_scale)
-                        d2f = _fixed(dl * dl, p_scale)
-                        for d in range(Dd):
-                            r = codes[d]
-                            joint_h[c, r, jc] += 1
-                            delta_h[c, 0, r, db] += 1
-                            if df != 0 or d2f != 0:
-                                delta_h[c, 1, r, db] += df
-                                delta_h[c, 2, r, db] += d2f
-            # ---- features
-            for j in range(Jn):
-                v = np.float64(num_values[j, i])
-                if v != v:
-                    fbin = num_n_edges[j] + 1  # the missing bin
-                else:
-                    fbin = _small_bin(v, num_edges[j], num_n_edges[j])
-                slot = num_slot[j]
-                for d in range(Dd):
-                    feat_h[c, codes[d], slot, fbin] += 1
-            for j in range(Jc):
-                slot = cat_slot[j]
-                cc = cat_codes[j, i]
-                for d in range(Dd):
-                    feat_h[c, codes[d], slot, cc] += 1
-            # ---- data quality flags (order: engine.stats.DQ_FLAGS, then unseen per column)
+    # counts in int32 (a call covers fewer than 2**31 rows: half the cache footprint),
+    # fixed-point sums in int64
+    score_h = np.zeros((n_raw, 3, F), dtype=np.int32)
+    calib_h = np.zeros((5, n_raw, 3, n_calib), dtype=np.int64)
+    off_h = np.zeros((n_raw, 3, F), dtype=np.int32)
+    calib_off_h = np.zeros((5, n_raw, 3, n_calib), dtype=np.int64)
+    joint_h = np.zeros((n_raw, TT), dtype=np.int32)
+    delta_h = np.zeros((3, n_raw, DB), dtype=np.int64)
+    feat_h = np.zeros((n_raw, n_features, feature_bins), dtype=np.int32)
+    dq_h = np.zeros((n_raw, n_dq), dtype=np.int32)
+    codes = np.empty(Dd, dtype=np.int64)
+    for i in range(row_start, row_end):
+        # ---- slice codes of every dimension
+        unseen_any = False
+        for d in range(Dd):
+            a = dim_a[d]
+            ia = col_index[a, i]
+            code = col_lut[a, ia] if ia >= 0 else col_null_code[a]
+            b = dim_b[d]
+            if b >= 0:
+                ib = col_index[b, i]
+                code = code * dim_b_size[d] + (col_lut[b, ib] if ib >= 0 else col_null_code[b])
+            codes[d] = dim_offsets[d] + code
+        # ---- label state
+        y = label[i]
+        if y == 1.0:
+            state = 1
+        elif y == 0.0:
+            state = 0
+        else:
+            state = 2
+        invalid_label = (y == y) and state == 2
+        # ---- online score
+        s = np.float64(score[i])
+        valid = s >= 0.0 and s <= 1.0
+        if valid:
+            fb = _key_bin(s, edges, kmin, shift, lut)
+            cb = fine_to_calib[fb]
+            p = s
+            pf = _fixed(p, p_scale)
+            p2f = _fixed(p * p, p_scale)
+            ll = 0.0
+            if state < 2:
+                q = min(max(p, log_eps), 1.0 - log_eps)
+                ll = -math.log(q) if state == 1 else -math.log1p(-q)
+            llf = _fixed(ll, ll_scale)
+            ll2f = _fixed(ll * ll, ll2_scale)
             for d in range(Dd):
                 r = codes[d]
-                dq_h[c, r, 0] += 1
-                if valid:
-                    dq_h[c, r, 1] += 1
-                else:
-                    dq_h[c, r, 2] += 1
-                if valid_off:
-                    dq_h[c, r, 3] += 1
-                if invalid_off:
-                    dq_h[c, r, 4] += 1
+                score_h[r, state, fb] += 1
+                calib_h[0, r, state, cb] += 1
+                calib_h[1, r, state, cb] += pf
+                calib_h[2, r, state, cb] += p2f
+                calib_h[3, r, state, cb] += llf
+                calib_h[4, r, state, cb] += ll2f
+        # ---- offline replay of the same request
+        valid_off = False
+        invalid_off = False
+        if paired:
+            o = np.float64(offline[i])
+            valid_off = o >= 0.0 and o <= 1.0
+            invalid_off = (o == o) and not valid_off
+            if valid_off:
+                fo = _key_bin(o, edges, kmin, shift, lut)
+                co = fine_to_calib[fo]
+                of = _fixed(o, p_scale)
+                o2f = _fixed(o * o, p_scale)
+                llo = 0.0
                 if state < 2:
-                    dq_h[c, r, 5] += 1
-                if invalid_label:
-                    dq_h[c, r, 6] += 1
-                if key_null[i]:
-                    dq_h[c, r, 7] += 1
-            for a in range(C):
-                ia = col_index[a, i]
-                if ia >= 0 and col_unseen[a, ia]:
-                    unseen_any = True
-                    for d in range(Dd):
-                        dq_h[c, codes[d], 9 + a] += 1
-            for j in range(Jc):
-                if cat_unseen[j, i]:
-                    unseen_any = True
-                    for d in range(Dd):
-                        dq_h[c, codes[d], 9 + C + j] += 1
-            if unseen_any:
+                    q = min(max(o, log_eps), 1.0 - log_eps)
+                    llo = -math.log(q) if state == 1 else -math.log1p(-q)
+                llof = _fixed(llo, ll_scale)
+                llo2f = _fixed(llo * llo, ll2_scale)
                 for d in range(Dd):
-                    dq_h[c, codes[d], 8] += 1
+                    r = codes[d]
+                    off_h[r, state, fo] += 1
+                    calib_off_h[0, r, state, co] += 1
+                    calib_off_h[1, r, state, co] += of
+                    calib_off_h[2, r, state, co] += o2f
+                    calib_off_h[3, r, state, co] += llof
+                    calib_off_h[4, r, state, co] += llo2f
+                if valid:
+                    ton = 0
+                    toff = 0
+                    for t in range(T):
+                        if s >= thresholds[t]:
+                            ton += 1
+                        if o >= thresholds[t]:
+                            toff += 1
+                    jc = ton * (T + 1) + toff
+                    dl = abs(s - o)
+                    db = _key_bin(dl, delta_edges, dkmin, dshift, dlut)
+                    df = _fixed(dl, p_scale)
+                    d2f = _fixed(dl * dl, p_scale)
+                    for d in range(Dd):
+                        r = codes[d]
+                        joint_h[r, jc] += 1
+                        delta_h[0, r, db] += 1
+                        if df != 0 or d2f != 0:
+                            delta_h[1, r, db] += df
+                            delta_h[2, r, db] += d2f
+        # ---- features
+        for j in range(Jn):
+            v = np.float64(num_values[j, i])
+            if v != v:
+                fbin = num_n_edges[j] + 1  # the missing bin
+            else:
+                fbin = _uniform_bin(v, num_edges[j], num_n_edges[j], num_lut[j], num_lo[j], num_scale[j])
+            slot = num_slot[j]
+            for d in range(Dd):
+                feat_h[codes[d], slot, fbin] += 1
+        for j in range(Jc):
+            slot = cat_slot[j]
+            cc = cat_codes[j, i]
+            for d in range(Dd):
+                feat_h[codes[d], slot, cc] += 1
+        # ---- data quality flags (order: engine.stats.DQ_FLAGS, then unseen per column)
+        for d in range(Dd):
+            r = codes[d]
+            dq_h[r, 0] += 1
+            if valid:
+                dq_h[r, 1] += 1
+            else:
+                dq_h[r, 2] += 1
+            if valid_off:
+                dq_h[r, 3] += 1
+            if invalid_off:
+                dq_h[r, 4] += 1
+            if state < 2:
+                dq_h[r, 5] += 1
+            if invalid_label:
+                dq_h[r, 6] += 1
+            if key_null[i]:
+                dq_h[r, 7] += 1
+        for a in range(C):
+            ia = col_index[a, i]
+            if ia >= 0 and col_unseen[a, ia]:
+                unseen_any = True
+                for d in range(Dd):
+                    dq_h[codes[d], 9 + a] += 1
+        for j in range(Jc):
+            if cat_unseen[j, i]:
+                unseen_any = True
+                for d in range(Dd):
+                    dq_h[codes[d], 9 + C + j] += 1
+        if unseen_any:
+            for d in range(Dd):
+                dq_h[codes[d], 8] += 1
     return (
-        score_h.sum(axis=0),
-        calib_h.sum(axis=0),
-        off_h.sum(axis=0),
-        calib_off_h.sum(axis=0),
-        joint_h.sum(axis=0),
-        delta_h.sum(axis=0),
-        feat_h.sum(axis=0),
-        dq_h.sum(axis=0),
+        score_h.astype(np.int64),
+        calib_h,
+        off_h.astype(np.int64),
+        calib_off_h,
+        joint_h.astype(np.int64),
+        delta_h,
+        feat_h.astype(np.int64),
+        dq_h.astype(np.int64),
     )
 
 
@@ -283,3 +308,33 @@ def log_loss_terms(p, state, log_eps):
             q = min(max(p[i], log_eps), 1.0 - log_eps)
             out[i] = -math.log(q) if state[i] == 1 else -math.log1p(-q)
     return out
+
+
+_POOL: ThreadPoolExecutor | None = None
+_MAX_RANGE_ROWS = 1 << 30
+
+
+def fused_accumulate(n_threads: int, *args):
+    """Every grid of a batch, the rows split over ``n_threads`` threads.
+
+    Each thread runs :func:`_accumulate_range` (compiled without the GIL) on its own row
+    range into its own histograms; the parts are summed (integer addition, so the result
+    does not depend on the number of threads). Plain threads rather than ``prange``: the
+    parallel-loop version ran slower than one thread here.
+    """
+    global _POOL
+    n = args[9].shape[0]  # the score column
+    n_threads = max(1, min(int(n_threads), n // 50_000 or 1))
+    # int32 counts: no range may reach 2**31 rows
+    n_ranges = max(n_threads, -(-n // _MAX_RANGE_ROWS))
+    if n_ranges == 1:
+        return _accumulate_range(0, n, *args)
+    if _POOL is None or _POOL._max_workers < n_threads:
+        _POOL = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="parity-accumulate")
+    bounds = np.linspace(0, n, n_ranges + 1).astype(np.int64)
+    parts = list(_POOL.map(lambda k: _accumulate_range(bounds[k], bounds[k + 1], *args), range(n_ranges)))
+    total = list(parts[0])
+    for part in parts[1:]:
+        for i, grid in enumerate(part):
+            total[i] = total[i] + grid
+    return tuple(total)
