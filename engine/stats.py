@@ -416,10 +416,6 @@ class Accumulator:
         numeric = [(j, f) for j, f in enumerate(layout.features) if f.kind == "numeric"]
         categorical = [(j, f) for j, f in enumerate(layout.features) if f.kind == "categorical"]
         num_values = np.stack([_float_column(batch.column(f.name)) for _, f in numeric]) if numeric else np.zeros((0, n))
-        emax = max([len(f.edges) for _, f in numeric], default=1)
-        num_edges = np.full((len(numeric), max(emax, 1)), np.inf)
-        for r, (_, f) in enumerate(numeric):
-            num_edges[r, : len(f.edges)] = f.edges
         cat = [categorical_codes(batch.column(f.name), f.categories) for _, f in categorical]
         cat_codes = np.stack([c[0] for c in cat]) if cat else np.zeros((0, n), np.int32)
         cat_unseen = np.stack([c[1] for c in cat]) if cat else np.zeros((0, n), bool)
@@ -430,11 +426,12 @@ class Accumulator:
             n_chunks,
             col_index, col_lut, col_unseen, col_null, dim_a, dim_b, dim_b_size, self._dim_offsets, self._n_raw,
             score, offline, self.paired, label, key_null,
-            score_index.edges, score_index.kmin, score_index.shift, score_index.lut,
+            score_index.padded, len(score_index.edges), score_index.kmin, score_index.shift,
+            score_index.lut, score_index.steps,
             self._fine_to_calib.astype(np.int64), self._n_calib, self._thresholds,
-            delta_index.edges, delta_index.kmin, delta_index.shift, delta_index.lut,
-            num_values, num_edges, np.array([len(f.edges) for _, f in numeric], np.int64),
-            *self._numeric_luts(numeric),
+            delta_index.padded, len(delta_index.edges), delta_index.kmin, delta_index.shift,
+            delta_index.lut, delta_index.steps,
+            num_values, *self._numeric_luts(numeric),
             np.array([j for j, _ in numeric], np.int64),
             cat_codes, cat_unseen, np.array([j for j, _ in categorical], np.int64),
             max(1, len(layout.features)), self._feature_bins, len(self._dq_flags),
@@ -449,15 +446,26 @@ class Accumulator:
             out["value"] = self._value_grid(batch, outer, state)
         return Statistics(self.layout_id, self._n_raw, self._whole_from, out, n)
 
-    def _numeric_luts(self, numeric) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Value lookup tables of the numeric features (built once per accumulator)."""
+    def _numeric_luts(self, numeric) -> tuple[np.ndarray, ...]:
+        """Padded edges and value lookup tables of the numeric features (built once)."""
         if getattr(self, "_luts", None) is None:
             tables = [uniform_lut(f.edges) for _, f in numeric]
-            size = max([len(t[0]) for t in tables], default=1)
-            lut = np.zeros((len(tables), size), np.int32)
-            for j, (table, _, _) in enumerate(tables):
-                lut[j, : len(table)] = table
-            self._luts = (lut, np.array([t[1] for t in tables]), np.array([t[2] for t in tables]))
+            steps = np.array([t[3] for t in tables], np.int64)
+            width = max([len(f.edges) for _, f in numeric], default=0) + int(steps.max(initial=0)) + 1
+            edges = np.full((len(numeric), width), np.inf)  # +inf pads: the steps stop there
+            for r, (_, f) in enumerate(numeric):
+                edges[r, : len(f.edges)] = f.edges
+            lut = np.zeros((len(tables), max([len(t[0]) for t in tables], default=1)), np.int32)
+            for j, table in enumerate(tables):
+                lut[j, : len(table[0])] = table[0]
+            self._luts = (
+                edges,
+                np.array([len(f.edges) for _, f in numeric], np.int64),
+                lut,
+                np.array([t[1] for t in tables], np.float64),
+                np.array([t[2] for t in tables], np.float64),
+                steps,
+            )
         return self._luts
 
     def _labels(self, batch: pa.RecordBatch, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -50,6 +50,8 @@ class EdgeIndex:
         if self.edges.size == 0:
             self.kmin, self.shift = np.uint64(0), np.uint64(63)
             self.lut = np.zeros(1, dtype=np.int32)
+            self.steps = 0
+            self.padded = np.full(1, np.inf)
             return
         keys = _monotone_keys(self.edges)
         self.kmin = keys[0]
@@ -58,6 +60,13 @@ class EdgeIndex:
         n_lut = (span >> int(self.shift)) + 1
         lows = self.kmin + (np.arange(n_lut, dtype=np.uint64) << self.shift)
         self.lut = np.searchsorted(keys, lows, side="right").astype(np.int32)
+        # At most ``steps`` edges lie strictly inside one key cell (integer arithmetic:
+        # exact), so a fixed number of compare-and-add steps finishes any lookup; the edges
+        # padded with +inf keep those steps inside the array.
+        highs = np.searchsorted(keys, lows + ((np.uint64(1) << self.shift) - np.uint64(1)), side="right")
+        highs[-1] = self.edges.size
+        self.steps = int((highs - self.lut).max())
+        self.padded = np.concatenate([self.edges, np.full(self.steps + 1, np.inf)])
 
 
 @njit(parallel=True, cache=True)

@@ -22,54 +22,64 @@ _TOP = np.uint64(1) << np.uint64(63)
 
 
 @njit(inline="always", cache=True)
-def _key_bin(v, edges, kmin, shift, lut):
-    """searchsorted(edges, v, 'right') through the sortable-key lookup table (v not NaN)."""
+def _key_bin(v, padded, n_edges, kmin, shift, lut, steps):
+    """searchsorted(edges, v, 'right') through the sortable-key lookup table (v not NaN).
+
+    ``padded`` is the edges followed by +inf; ``steps`` compare-and-add steps after the
+    table's lower bound are always enough (see ``kernels.cpu.EdgeIndex``): no branch.
+    """
     bits = np.float64(v).view(np.uint64)
     key = ~bits if (bits & _TOP) else (bits | _TOP)
-    m = edges.shape[0]
     if key < kmin:
-        code = 0
-    else:
-        cell = (key - kmin) >> shift
-        code = lut[cell] if cell < lut.shape[0] else m
-    while code < m and v >= edges[code]:
-        code += 1
-    return code
+        return 0
+    cell = (key - kmin) >> shift
+    code = lut[cell] if cell < lut.shape[0] else n_edges
+    for _ in range(steps):
+        code += v >= padded[code]
+    return min(code, n_edges)
 
 
 @njit(inline="always", cache=True)
-def _uniform_bin(v, edges, n_edges, lut, lo, scale):
-    """searchsorted(edges[:n_edges], v, 'right') through a lookup table uniform in value.
+def _uniform_bin(v, edges, j, n_edges, lut, lo, scale, steps):
+    """searchsorted(edges[j, :n_edges], v, 'right') for a non-NaN ``v``, without branches.
 
-    ``lut[c]`` is the bin of the lowest value of table cell ``c``; a short scan in either
-    direction makes the result exact whatever the rounding of ``(v - lo) * scale``.
+    The table cell of ``v`` (uniform in value) gives a lower bound of the bin; at most
+    ``steps`` edges can lie between it and the answer (counted when the table was built,
+    with a margin for the rounding of ``(v - lo) * scale``), so a fixed number of
+    compare-and-add steps finishes it: no mispredicted branch, whatever the data. ``edges``
+    rows are padded with +inf, so the steps never read past a row.
     """
-    if n_edges == 0:
-        return 0
     x = (v - lo) * scale
-    if x < 0.0:
-        code = 0
-    elif x >= lut.shape[0]:
-        code = n_edges
-    else:
-        code = lut[int(x)]
-    while code < n_edges and v >= edges[code]:
-        code += 1
-    while code > 0 and v < edges[code - 1]:
-        code -= 1
-    return code
+    c = 0
+    if x >= lut.shape[1]:
+        c = lut.shape[1] - 1
+    elif x > 0.0:
+        c = np.int64(x)
+    code = lut[j, c]
+    for _ in range(steps):
+        code += v >= edges[j, code]
+    return min(code, n_edges)
 
 
-def uniform_lut(edges: np.ndarray, size: int = 1024) -> tuple[np.ndarray, float, float]:
-    """The table of :func:`_uniform_bin` for sorted ``edges``: ``(lut, lo, scale)``."""
+#: Cells of the value lookup tables of numeric features.
+LUT_CELLS = 1024
+
+
+def uniform_lut(edges: np.ndarray, size: int = LUT_CELLS) -> tuple[np.ndarray, float, float, int]:
+    """The table of :func:`_uniform_bin` for sorted ``edges``: ``(lut, lo, scale, steps)``."""
     edges = np.asarray(edges, dtype=np.float64)
     if edges.size < 2 or not edges[-1] > edges[0]:
-        lo = float(edges[0]) if edges.size else 0.0
-        return np.searchsorted(edges, [lo], side="right").astype(np.int32), lo, 0.0
+        return np.zeros(size, np.int32), float(edges[0]) if edges.size else 0.0, 0.0, int(edges.size)
     lo = float(edges[0])
     scale = size / float(edges[-1] - edges[0])
-    lows = lo + np.arange(size) / scale
-    return np.searchsorted(edges, lows, side="right").astype(np.int32), lo, scale
+    width = 1.0 / scale
+    margin = 4 * np.finfo(np.float64).eps * max(abs(lo), abs(float(edges[-1])), width)
+    lows = lo + np.arange(size) * width
+    lut = np.searchsorted(edges, lows - margin - width * 1e-9, side="right")
+    highs = np.searchsorted(edges, lows + width + margin, side="right")
+    highs[-1] = edges.size  # the last cell also holds every value above the range
+    steps = int((highs - lut).max())
+    return lut.astype(np.int32), lo, scale, steps
 
 
 @njit(inline="always", cache=True)
@@ -97,17 +107,21 @@ def _accumulate_range(
     paired,
     label,  # (n,) float64, NaN = missing
     key_null,  # (n,) bool
-    edges,
+    edges,  # fine score edges padded with +inf (EdgeIndex.padded)
+    n_score_edges,
     kmin,
     shift,
     lut,
+    steps,
     fine_to_calib,
     n_calib,
     thresholds,
-    delta_edges,
+    delta_edges,  # padded
+    n_delta_edges,
     dkmin,
     dshift,
     dlut,
+    dsteps,
     # features
     num_values,  # (Jn, n) float
     num_edges,  # (Jn, Emax) float64 (padded)
@@ -115,6 +129,7 @@ def _accumulate_range(
     num_lut,  # (Jn, L) int32 value lookup tables (see uniform_lut)
     num_lo,  # (Jn,) float64
     num_scale,  # (Jn,) float64
+    num_steps,  # (Jn,) int64
     num_slot,  # (Jn,) int64 feature axis index of each numeric feature
     cat_codes,  # (Jc, n) int32 codes of categorical features
     cat_unseen,  # (Jc, n) bool
@@ -129,10 +144,10 @@ def _accumulate_range(
 ):
     Dd = dim_a.shape[0]
     C = col_index.shape[0]
-    F = edges.shape[0] + 1
+    F = n_score_edges + 1
     T = thresholds.shape[0]
     TT = (T + 1) * (T + 1)
-    DB = delta_edges.shape[0] + 1
+    DB = n_delta_edges + 1
     Jn = num_values.shape[0]
     Jc = cat_codes.shape[0]
     # counts in int32 (a call covers fewer than 2**31 rows: half the cache footprint),
@@ -171,7 +186,7 @@ def _accumulate_range(
         s = np.float64(score[i])
         valid = s >= 0.0 and s <= 1.0
         if valid:
-            fb = _key_bin(s, edges, kmin, shift, lut)
+            fb = _key_bin(s, edges, n_score_edges, kmin, shift, lut, steps)
             cb = fine_to_calib[fb]
             p = s
             pf = _fixed(p, p_scale)
@@ -198,7 +213,7 @@ def _accumulate_range(
             valid_off = o >= 0.0 and o <= 1.0
             invalid_off = (o == o) and not valid_off
             if valid_off:
-                fo = _key_bin(o, edges, kmin, shift, lut)
+                fo = _key_bin(o, edges, n_score_edges, kmin, shift, lut, steps)
                 co = fine_to_calib[fo]
                 of = _fixed(o, p_scale)
                 o2f = _fixed(o * o, p_scale)
@@ -226,7 +241,7 @@ def _accumulate_range(
                             toff += 1
                     jc = ton * (T + 1) + toff
                     dl = abs(s - o)
-                    db = _key_bin(dl, delta_edges, dkmin, dshift, dlut)
+                    db = _key_bin(dl, delta_edges, n_delta_edges, dkmin, dshift, dlut, dsteps)
                     df = _fixed(dl, p_scale)
                     d2f = _fixed(dl * dl, p_scale)
                     for d in range(Dd):
@@ -242,7 +257,7 @@ def _accumulate_range(
             if v != v:
                 fbin = num_n_edges[j] + 1  # the missing bin
             else:
-                fbin = _uniform_bin(v, num_edges[j], num_n_edges[j], num_lut[j], num_lo[j], num_scale[j])
+                fbin = _uniform_bin(v, num_edges, j, num_n_edges[j], num_lut, num_lo[j], num_scale[j], num_steps[j])
             slot = num_slot[j]
             for d in range(Dd):
                 feat_h[codes[d], slot, fbin] += 1
