@@ -78,13 +78,11 @@ def confusion_at(neg, pos, threshold_bins):
     xp = xp_of(neg, pos)
     neg = xp.asarray(neg, dtype=xp.float64)
     pos = xp.asarray(pos, dtype=xp.float64)
-    # counts at or above each bin: reverse cumulative sums, with a zero past the end
-    zero = xp.zeros(neg.shape[:-1] + (1,))
-    pos_ge = xp.concatenate([xp.flip(xp.cumsum(xp.flip(pos, -1), -1), -1), zero], -1)
-    neg_ge = xp.concatenate([xp.flip(xp.cumsum(xp.flip(neg, -1), -1), -1), zero], -1)
-    tb = xp.asarray(threshold_bins)
-    tp = pos_ge[..., tb]
-    fp = neg_ge[..., tb]
+    # a suffix sum per threshold (few thresholds: cheaper than a reverse cumsum of every bin)
+    tb = [int(b) for b in np.asarray(threshold_bins)]
+    shape = neg.shape[:-1] + (len(tb),)
+    tp = xp.stack([pos[..., b:].sum(-1) for b in tb], -1) if tb else xp.zeros(shape)
+    fp = xp.stack([neg[..., b:].sum(-1) for b in tb], -1) if tb else xp.zeros(shape)
     fn = pos.sum(-1)[..., None] - tp
     tn = neg.sum(-1)[..., None] - fp
     return tp, fp, fn, tn
@@ -296,11 +294,12 @@ def performance_metrics(score, threshold_bins, calib_count, calib_p, calib_ll, c
     """
     neg, pos = score[..., 0, :], score[..., 1, :]
     n_neg, n_pos = neg.sum(-1), pos.sum(-1)
+    tp, fp, fn, tn = confusion_at(neg, pos, threshold_bins)
     out = {
         "auc": auc_score(neg, pos),
-        "precision": precision_score(neg, pos, threshold_bins),
-        "recall": recall_score(neg, pos, threshold_bins),
-        "fpr": false_positive_rate(neg, pos, threshold_bins),
+        "precision": _div(tp, tp + fp),
+        "recall": _div(tp, tp + fn),
+        "fpr": _div(fp, fp + tn),
         "predicted_positive_rate": predicted_positive_rate(score.sum(-2), threshold_bins),
         "positive_rate": positive_rate(n_neg, n_pos),
     }

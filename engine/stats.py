@@ -366,14 +366,20 @@ class Accumulator:
         hist("dq", dq_inner, inner_size=1)  # flag q of a row lands in cell (slice, q)
         return Statistics(self.layout_id, self._n_raw, self._whole_from, out, n)
 
-    def _value_grid(self, batch: pa.RecordBatch, outer: np.ndarray, label_state: np.ndarray) -> np.ndarray:
-        """Value (revenue) count and sums per (slice, label state)."""
-        n = batch.num_rows
+    def _checked_value(self, batch: pa.RecordBatch) -> np.ndarray:
+        """The value column as float64 (NaN: none), refused if its sums could overflow."""
         value = _to_float(batch.column(VALUE)).astype(np.float64)
         ok = ~np.isnan(value)
         vmax = float(np.abs(value[ok]).max()) if ok.any() else 0.0
-        if vmax * 2**VALUE_BITS * max(n, 1) >= 2**62 or vmax * vmax * max(n, 1) >= 2**62:
+        n = max(batch.num_rows, 1)
+        if vmax * 2**VALUE_BITS * n >= 2**62 or vmax * vmax * 2**VALUE2_BITS * n >= 2**62:
             raise StatisticsError(f"The 'value' column holds {vmax:g}, too large for exact sums.")
+        return value
+
+    def _value_grid(self, batch: pa.RecordBatch, outer: np.ndarray, label_state: np.ndarray) -> np.ndarray:
+        """Value (revenue) count and sums per (slice, label state), through the primitives."""
+        value = self._checked_value(batch)
+        ok = ~np.isnan(value)
         weights = np.stack(
             [to_fixed(np.where(ok, value, 0.0), VALUE_BITS), to_fixed(np.where(ok, value * value, 0.0), VALUE2_BITS)]
         )
@@ -422,7 +428,8 @@ class Accumulator:
         score_index = self.kernels.edge_index(layout.score_edges)
         delta_index = self.kernels.edge_index(layout.delta_edges)
         n_chunks = max(1, min(numba.get_num_threads(), -(-n // 65536)))
-        score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h = fused_accumulate(*_canonical(
+        value = self._checked_value(batch) if self.with_value else np.zeros(1)
+        score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h, value_h = fused_accumulate(*_canonical(
             n_chunks,
             col_index, col_lut, col_unseen, col_null, dim_a, dim_b, dim_b_size, self._dim_offsets, self._n_raw,
             score, offline, self.paired, label, key_null,
@@ -436,14 +443,13 @@ class Accumulator:
             cat_codes, cat_unseen, np.array([j for j, _ in categorical], np.int64),
             max(1, len(layout.features)), self._feature_bins, len(self._dq_flags),
             float(2**P_BITS), float(2**LL_BITS), float(2**LL2_BITS), LOG_EPS,
+            value, self.with_value, float(2**VALUE_BITS), float(2**VALUE2_BITS),
         ))
         out = {"score": score_h[None], "calib": calib_h, "feature": feat_h[None], "dq": dq_h[None]}
         if self.paired:
             out.update(offline=off_h[None], calib_off=calib_off_h, joint=joint_h[None], delta=delta_h)
         if self.with_value:
-            state = np.where(label == 1.0, 1, np.where(label == 0.0, 0, LABEL_MISSING)).astype(np.int64)
-            outer = self.slice_codes(batch)[0]
-            out["value"] = self._value_grid(batch, outer, state)
+            out["value"] = value_h
         return Statistics(self.layout_id, self._n_raw, self._whole_from, out, n)
 
     def _numeric_luts(self, numeric) -> tuple[np.ndarray, ...]:

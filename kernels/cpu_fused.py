@@ -141,6 +141,10 @@ def _accumulate_range(
     ll_scale,
     ll2_scale,
     log_eps,
+    value,  # (n,) float64, NaN = no value (ignored unless with_value)
+    with_value,
+    value_scale,
+    value2_scale,
 ):
     Dd = dim_a.shape[0]
     C = col_index.shape[0]
@@ -160,6 +164,7 @@ def _accumulate_range(
     delta_h = np.zeros((3, n_raw, DB), dtype=np.int64)
     feat_h = np.zeros((n_raw, n_features, feature_bins), dtype=np.int32)
     dq_h = np.zeros((n_raw, n_dq), dtype=np.int32)
+    value_h = np.zeros((3, n_raw, 3), dtype=np.int64)
     codes = np.empty(Dd, dtype=np.int64)
     for i in range(row_start, row_end):
         # ---- slice codes of every dimension
@@ -251,6 +256,17 @@ def _accumulate_range(
                         if df != 0 or d2f != 0:
                             delta_h[1, r, db] += df
                             delta_h[2, r, db] += d2f
+        # ---- value (revenue) per label state
+        if with_value:
+            w = value[i]
+            if w == w:
+                wf = _fixed(w, value_scale)
+                w2f = _fixed(w * w, value2_scale)
+                for d in range(Dd):
+                    r = codes[d]
+                    value_h[0, r, state] += 1
+                    value_h[1, r, state] += wf
+                    value_h[2, r, state] += w2f
         # ---- features
         for j in range(Jn):
             v = np.float64(num_values[j, i])
@@ -307,6 +323,7 @@ def _accumulate_range(
         delta_h,
         feat_h.astype(np.int64),
         dq_h.astype(np.int64),
+        value_h,
     )
 
 
