@@ -60,6 +60,9 @@ ROLE_ONLINE = 1
 _GRID_IDS = {"score": 1, "offline": 2, "calib": 3, "calib_off": 4, "feature": 5, "joint": 6, "delta": 7, "value": 8}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
+#: Default replicate chunk: about this many draws of the largest grid at once.
+CHUNK_ELEMENTS = 4_000_000
+
 #: Metrics whose value is a proportion k / n (exact intervals when k is 0 or n).
 RATE_METRICS = frozenset(
     {"precision", "recall", "fpr", "predicted_positive_rate", "positive_rate", "flip_rate"}
@@ -104,16 +107,20 @@ class CellBootstrap:
     replicates : int
         B, default 1000.
     seed : int
-    chunk : int
-        Replicates drawn at once.
+    chunk : int, optional
+        Replicates drawn at once; by default as many as keep about ``CHUNK_ELEMENTS`` cell
+        draws per grid in memory (few large calls: each parallel kernel launch has a fixed
+        cost).
     """
 
-    def __init__(self, layout: Layout, kernels, *, replicates: int = 1000, seed: int = 0, chunk: int = 100) -> None:
+    def __init__(
+        self, layout: Layout, kernels, *, replicates: int = 1000, seed: int = 0, chunk: int | None = None
+    ) -> None:
         self.layout = layout
         self.kernels = kernels
         self.B = int(replicates)
         self.seed = int(seed)
-        self.chunk = max(1, int(chunk))
+        self.chunk = None if chunk is None else max(1, int(chunk))
         self.fine = ME.fine_resolution(layout)
         self.coarse_res = ME.coarse_resolution(layout)
         self._fine_to_coarse = layout.fine_to(layout.coarse_edges)
@@ -147,15 +154,11 @@ class CellBootstrap:
 
     # ------------------------------------------------------------------ resampling
     def _poisson(self, counts: np.ndarray, keys: np.ndarray, role: int, rep_start: int, n_reps: int) -> np.ndarray:
-        flat = counts.reshape(-1)
-        nz = np.nonzero(flat)[0]  # empty cells stay empty: skip their draws
-        out = np.zeros((n_reps, flat.size), dtype=np.float64)
-        if nz.size:
-            draws = self.kernels.poisson_cells(
-                self.seed, role, keys.reshape(-1)[nz], flat[nz].astype(np.float64), rep_start, n_reps
-            )
-            out[:, nz] = draws
-        return out.reshape((n_reps,) + counts.shape)
+        # empty cells draw 0 without touching the generator
+        draws = self.kernels.poisson_cells(
+            self.seed, role, keys.reshape(-1), counts.reshape(-1).astype(np.float64), rep_start, n_reps
+        )
+        return draws.reshape((n_reps,) + counts.shape)
 
     def _normal(self, keys: np.ndarray, role: int, rep_start: int, n_reps: int) -> np.ndarray:
         z = self.kernels.normal_cells(self.seed, role, keys.reshape(-1), rep_start, n_reps)
@@ -229,8 +232,9 @@ class CellBootstrap:
         coarse_base = ME.measure(c_base, None, res, layout) if baseline is not None else {}
         reps_on: dict[MetricKey, list] = {k: [] for k in fine_on}
         reps_base: dict[MetricKey, list] = {k: [] for k in fine_base}
-        for r0 in range(0, self.B, self.chunk):
-            R = min(self.chunk, self.B - r0)
+        chunk = self.chunk or int(np.clip(CHUNK_ELEMENTS // max(1, c_on.score.size), 20, 1000))
+        for r0 in range(0, self.B, chunk):
+            R = min(chunk, self.B - r0)
             star_on = self.resample(c_on, ROLE_ONLINE, r0, R)
             star_base = self.resample(c_base, ROLE_BASELINE, r0, R) if c_base is not None else None
             m_on = ME.measure(star_on, star_base, res, layout)
