@@ -16,10 +16,10 @@ Expectations
 * skew metrics: 0 (the same request scored twice should agree).
 * data-quality rates: 0, or the floor for coverages.
 
-Intervals are bootstrap percentile intervals of the difference; rates whose numerator is 0
-or its denominator use the exact Clopper-Pearson interval for the online side, combined with
-the baseline's interval by Newcombe's hybrid method. Data-quality rates use Wilson intervals
-(binomial; exact Clopper-Pearson in the degenerate cases).
+Intervals are bootstrap percentile intervals of the difference, except for rates (k / n),
+whose percentile intervals have unbalanced tails with few events: a rate judged against 0
+(flip rate, data-quality rates) gets the Jeffreys interval (exact Clopper-Pearson when k is 0
+or n), a rate against the baseline's the MOVER combination of the two sides' intervals.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ import numpy as np
 from engine.bootstrap import (
     RATE_METRICS,
     benjamini_hochberg,
-    clopper_pearson_degenerate,
     percentile_interval,
+    rate_difference_interval,
+    rate_interval,
     standard_error,
 )
 from engine.catalogue import MetricSpec, Tolerance
@@ -155,6 +156,7 @@ class Evidence:
     baseline_reps: dict | None = None
     offline_drift: dict = field(default_factory=dict)
     baseline_rows: dict | None = None
+    baseline_n: dict = field(default_factory=dict)
     has_offline: bool = False
     has_outcomes: bool = False
     duplicate_online: int = 0
@@ -264,33 +266,29 @@ class Judge:
         return np.asarray(rows if rows is not None else ev.slice_rows, dtype=np.float64)
 
     def _interval(self, key, spec, value, diff, diff_reps, n, ev: Evidence):
-        """(lo, hi, se) of the difference; exact online intervals for degenerate rates."""
+        """(lo, hi, se) of the difference.
+
+        Rates use binomial intervals, whose tails stay balanced with few events (the
+        percentile interval of a bootstrapped rate does not; see ``engine.bootstrap``):
+        Jeffreys / Clopper-Pearson for a rate judged against 0 (flip rate), MOVER for a rate
+        against the baseline's. Other metrics use the bootstrap percentile interval.
+        """
         if diff_reps is None:
             nan = np.full(value.shape, np.nan)
             return nan, nan, nan
         lo, hi = percentile_interval(diff_reps, self.level)
         se = standard_error(diff_reps)
         name = key[0]
-        if name in RATE_METRICS:
-            k = np.rint(value * n)
-            degenerate = (n > 0) & ((k == 0) | (k == n))
-            if degenerate.any():
-                l_on, u_on = clopper_pearson_degenerate(k, n, self.level)
-                if spec.family == "performance":
-                    base = value - diff
-                    base_reps = ev.baseline_reps.get((name, "online", None))
-                    bl, bh = percentile_interval(base_reps, self.level)
-                    bl, bh = np.where(np.isnan(bl), base, bl), np.where(np.isnan(bh), base, bh)
-                else:
-                    base = np.zeros_like(value)
-                    bl = bh = base
-                new_lo = diff - np.sqrt((value - l_on) ** 2 + (bh - base) ** 2)
-                new_hi = diff + np.sqrt((u_on - value) ** 2 + (base - bl) ** 2)
-                new_se = (new_hi - new_lo) / (2 * self.z)
-                lo = np.where(degenerate, new_lo, lo)
-                hi = np.where(degenerate, new_hi, hi)
-                se = np.where(degenerate, np.fmax(se, new_se), se)
-        return lo, hi, se
+        if name not in RATE_METRICS:
+            return lo, hi, se
+        if spec.family == "performance":
+            base = value - diff
+            n_base = np.asarray(ev.baseline_n[(name, "online", None)], dtype=np.float64)
+            lo, hi = rate_difference_interval(value * n, n, base * n_base, n_base, self.level)
+        else:
+            lo, hi = rate_interval(value * n, n, self.level)
+        # the p-value's standard error: the bootstrap's, never below the interval's width
+        return lo, hi, np.fmax(se, (hi - lo) / (2 * self.z))
 
     def _sufficiency(self, t: _Test, ev: Evidence, scores: str | None) -> None:
         spec = t.spec
@@ -356,10 +354,7 @@ class Judge:
         value = k / n if n > 0 else float("nan")
         floor = spec.tolerance_kind == "floor"
         expected = spec.tolerance if floor else 0.0
-        lo_v, hi_v = _wilson(k, n, self.z)
-        if n > 0 and (k == 0 or k == n):
-            cl, ch = clopper_pearson_degenerate(np.array(k), np.array(n), self.level)
-            lo_v, hi_v = float(cl), float(ch)
+        lo_v, hi_v = (float(x) for x in rate_interval(np.array(k), np.array(n), self.level))
         se = max(math.sqrt(max(value * (1 - value), 0.0) / n) if n > 0 else float("nan"), (hi_v - lo_v) / (2 * self.z))
         t = _Test(
             key=(spec.name, None, column),
@@ -524,16 +519,6 @@ def _one_sided(excess: float, se: float) -> float:
     if se <= 0:
         return 0.0 if excess > 0 else 1.0
     return _norm_sf(excess / se)
-
-
-def _wilson(k: float, n: float, z: float) -> tuple[float, float]:
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:

@@ -179,6 +179,7 @@ def run_check(
         online=online_vals,
         baseline=baseline_vals,
         n=ME.denominators(g_on, fine, layout, online_vals.keys()),
+        baseline_n=ME.denominators(g_base, fine, layout, baseline_vals.keys()),
         events=events,
         dq=g_on.dq,
         dq_flags=acc.dq_flags,
