@@ -124,21 +124,27 @@ class Statistics:
     rows: int = 0
 
     def merge(self, other: "Statistics") -> "Statistics":
-        """Cell-wise sum (a commutative monoid: ``zero`` is the identity)."""
+        """Cell-wise sum (a commutative monoid: ``zero`` is the identity); a new object."""
+        merged = Statistics(
+            self.layout_id, self.n_raw, self.whole_from, {k: v.copy() for k, v in self.raw.items()}, self.rows
+        )
+        return merged.add_(other)
+
+    def add_(self, other: "Statistics") -> "Statistics":
+        """Add ``other`` into these statistics in place (the accumulate loop's merge)."""
         if other.layout_id != self.layout_id or set(other.raw) != set(self.raw):
             raise StatisticsError(
                 "Statistics of different layouts cannot be merged "
                 f"({self.layout_id} vs {other.layout_id})."
             )
-        merged = {}
         for name, a in self.raw.items():
-            b = other.raw[name]
-            total = a + b
-            # every summed quantity except 'value' is non-negative: a wrap shows as a drop
-            if name != "value" and (total < np.maximum(a, b)).any():
+            np.add(a, other.raw[name], out=a)
+            # every summed quantity except 'value' is non-negative and below 2**63 on each
+            # side, so a wrap-around shows as a negative cell
+            if name != "value" and a.min(initial=0) < 0:
                 raise StatisticsError(f"Fixed-point overflow in the '{name}' statistics.")
-            merged[name] = total
-        return Statistics(self.layout_id, self.n_raw, self.whole_from, merged, self.rows + other.rows)
+        self.rows += other.rows
+        return self
 
     def __add__(self, other: "Statistics") -> "Statistics":
         return self.merge(other)
@@ -147,6 +153,8 @@ class Statistics:
         """``(1 + V, S, *inner)``: slice 0 is the whole population."""
         raw = self.raw[name]
         whole = raw[:, : self.whole_from].sum(axis=1, keepdims=True)
+        if name != "value" and whole.min(initial=0) < 0:
+            raise StatisticsError(f"Fixed-point overflow in the whole population's '{name}' statistics.")
         if self.n_raw == 1 and self.whole_from == 1:
             return whole  # no slice columns: the only slice is the population
         return np.concatenate([whole, raw], axis=1)
@@ -257,8 +265,8 @@ class Accumulator:
         return np.stack(rows), unseen
 
     def update(self, stats: Statistics, batch: pa.RecordBatch | pa.Table) -> Statistics:
-        """Add one batch to ``stats`` (returns the merged statistics)."""
-        return stats.merge(self.batch_statistics(batch))
+        """Add one batch to ``stats`` in place (and return it)."""
+        return stats.add_(self.batch_statistics(batch))
 
     def batch_statistics(self, batch: pa.RecordBatch | pa.Table) -> Statistics:
         """The statistics of one batch (O(cells) memory)."""
