@@ -29,7 +29,7 @@ Duplicate keys (deterministic: independent of file order, partitioning and threa
 A duplicated key never multiplies rows; one row per key is kept on each side, chosen by a
 total order over the row's values (never by its position):
 
-- **online**: the earliest ``online_ts`` (when that column is carried), then the smallest
+- **online**: the earliest ``online_ts`` (when the online table has that column), then the smallest
   online score, then the smallest values of the remaining carried columns in output order;
   nulls sort last everywhere. Rows equal in every carried column are interchangeable.
 - **offline**: the smallest offline score (null last).
@@ -120,8 +120,8 @@ class JoinSpec:
     outcome_ts : str, optional
         The outcomes table's time column; the latest outcome of a duplicated key wins.
     online_ts : str, optional
-        The online time column; the earliest row of a duplicated key wins when this column
-        is among the carried columns (keys or ``online_columns``).
+        The online time column; the earliest row of a duplicated key wins when the online
+        table has this column (it need not be carried).
     """
 
     keys: list[str] = field(default_factory=lambda: ["request_id"])
@@ -466,9 +466,11 @@ class JoinedStream:
 
         self.keys = keys
         self.value_online = value_online
+        # The time column orders duplicates; it is read for that even when not carried
+        # (carrying a timestamp through DuckDB into Arrow costs more than the join itself).
         self.online_ts = (
             spec.online_ts
-            if spec.online_ts is not None and spec.online_ts in self.carried
+            if spec.online_ts is not None and online.has(spec.online_ts)
             else None
         )
         fields = [pa.field(c, online.schema.field(c).type) for c in self.carried]

@@ -279,9 +279,8 @@ def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out) -> Jo
     if online_off is not None:
         src_on.require(online_off, "numeric")
     carried = list(dict.fromkeys([*layout.slice_columns, *[f.name for f in layout.features]]))
+    # the time column orders duplicated keys inside the join; nothing downstream reads it yet
     ts = cols.online.ts if cols.online.ts is not None and src_on.has(cols.online.ts) else None
-    if ts is not None:
-        carried.append(ts)
     carried = [c for c in dict.fromkeys(carried) if c not in keys]
     return JoinSpec(
         keys=keys if (src_off is not None or src_out is not None) else [k for k in keys if src_on.has(k)],
