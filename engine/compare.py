@@ -296,6 +296,10 @@ class Judge:
             t.insufficient = True
             t.reason = self._undefined_reason(t, ev, scores)
             return
+        if not math.isfinite(t.expected):
+            t.insufficient = True
+            t.reason = "undefined in the baseline for this slice: nothing to compare with"
+            return
         if t.n < spec.min_rows:
             t.insufficient = True
             t.reason = f"n = {t.n} is below the minimum of {spec.min_rows}"
@@ -378,6 +382,7 @@ class Judge:
     def _decide(self, tests: list[_Test], ev: Evidence) -> None:
         for t in tests:
             if t.insufficient:
+                t.severity = 0.0
                 continue
             tol: Tolerance = t.spec.tolerance_spec
             value = t.value
