@@ -131,8 +131,11 @@ class _Test:
     p_value: float = float("nan")
     status: str = "ok"
     cause: str | None = None
+    share: float = 0.0  # the slice's share of the run's rows
     severity: float = 0.0
-    beyond: bool = False
+    beyond: bool = False  # the point estimate is beyond tolerance in the bad direction
+    ci_beyond: bool = False  # the whole interval is
+    survives_fdr: bool = False  # Benjamini-Hochberg across the run
 
 
 @dataclass
@@ -222,7 +225,7 @@ class Judge:
                         se=float(se[idx]),
                         n=int(n[idx]) if np.isfinite(n[idx]) else 0,
                     )
-                    t.severity = 0.0 if total == 0 else float(ev.slice_rows[s]) / total
+                    t.share = float(ev.slice_rows[s]) / total
                     self._sufficiency(t, ev, scores)
                     tests.append(t)
         return tests
@@ -374,7 +377,7 @@ class Judge:
             se=se,
             n=int(n),
         )
-        t.severity = share
+        t.share = share
         self._sufficiency(t, None, None)  # type: ignore[arg-type]
         return t
 
@@ -382,32 +385,26 @@ class Judge:
     def _decide(self, tests: list[_Test], ev: Evidence) -> None:
         for t in tests:
             if t.insufficient:
-                t.severity = 0.0
                 continue
             tol: Tolerance = t.spec.tolerance_spec
-            value = t.value
-            if tol.kind == "floor":
-                t.beyond = bool(tol.beyond(t.diff, t.expected, value=value))
-                ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else False
-                margin = 0.0
-            else:
-                margin = float(tol.margin(t.expected))
-                t.beyond = bool(tol.beyond(t.diff, t.expected))
-                ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else False
+            t.beyond = bool(tol.beyond(t.diff, t.expected, value=t.value if tol.kind == "floor" else None))
+            t.ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else False
+            margin = 0.0 if tol.kind == "floor" else float(tol.margin(t.expected))
             t.p_value = self._p_value(t, tol, margin)
-            t._ci_beyond = ci_beyond  # type: ignore[attr-defined]
+            # severity = |diff| / tolerance x share; a floor's scale is the room it leaves
             scale = (1.0 - tol.value if tol.bad == "decrease" else tol.value) if tol.kind == "floor" else margin
-            t.severity = (abs(t.diff) / scale if scale > 0 else (0.0 if t.diff == 0 else abs(t.diff) / 1e-12)) * t.severity
+            t.severity = abs(t.diff) / (scale if scale > 0 else 1.0) * t.share
         testable = [t for t in tests if not t.insufficient and math.isfinite(t.p_value)]
-        survive = benjamini_hochberg(np.array([t.p_value for t in testable]), self.config.fdr_q) if testable else []
-        for t, ok in zip(testable, survive):
-            t._bh = bool(ok)  # type: ignore[attr-defined]
+        if testable:
+            survive = benjamini_hochberg(np.array([t.p_value for t in testable]), self.config.fdr_q)
+            for t, ok in zip(testable, survive):
+                t.survives_fdr = bool(ok)
         for t in tests:
             if t.insufficient:
                 t.status = "insufficient_data"
-            elif getattr(t, "_ci_beyond", False) and getattr(t, "_bh", False):
+            elif t.ci_beyond and t.survives_fdr:
                 t.status = "alert"
-            elif t.beyond or getattr(t, "_ci_beyond", False):
+            elif t.beyond or t.ci_beyond:  # an alert that did not survive BH is a warning
                 t.status = "warn"
             else:
                 t.status = "ok"
