@@ -11,6 +11,7 @@ every batch, file, partition and worker encodes the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -239,6 +240,12 @@ class Layout:
             ),
         )
 
+    def with_slice_column(self, name: str, codes: CategoricalCodes) -> "Layout":
+        """This layout with one more slice column (e.g. ``model_version``, found online)."""
+        return dataclasses.replace(
+            self, slice_columns=self.slice_columns + (name,), slice_codes={**self.slice_codes, name: codes}
+        )
+
     def fingerprint(self) -> str:
         """A hash of the layout: statistics merge only when their layouts agree."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -293,9 +300,7 @@ class LayoutBuilder:
         """Count values and sample numbers from one batch."""
         self._rows += batch.num_rows
         for col, counter in self._counts.items():
-            vc = pc.value_counts(_as_string(batch.column(col)))
-            for item in vc.to_pylist():
-                counter[item["values"] if item["values"] is not None else None] += item["counts"]
+            counter.update(count_values([batch], col))
         for col, chunks in self._samples.items():
             values = _to_float(batch.column(col))
             chunks.append(values[np.isfinite(values)])
@@ -352,13 +357,26 @@ class LayoutBuilder:
         )
 
     def _top_k(self, col: str) -> CategoricalCodes:
-        counter = self._counts[col]
-        items = [(v, n) for v, n in counter.items() if v is not None]
-        # exact count, ties broken by value: the same top-K on any machine
-        items.sort(key=lambda vn: (-vn[1], vn[0]))
-        values = tuple(v for v, _ in items[: self.top_k])
-        seen = frozenset(v for v, _ in items) if len(items) <= MAX_SEEN_VALUES else None
-        return CategoricalCodes(values, seen)
+        return top_k_codes(self._counts[col], self.top_k)
+
+
+def count_values(batches: Iterable[pa.RecordBatch], column: str) -> Counter:
+    """Exact value counts of one column (as strings; None for null) over a stream."""
+    counter: Counter = Counter()
+    for batch in batches:
+        for item in pc.value_counts(_as_string(batch.column(column))).to_pylist():
+            counter[item["values"]] += item["counts"]
+    return counter
+
+
+def top_k_codes(counter: Counter, k: int) -> CategoricalCodes:
+    """The ``k`` most frequent values by exact count, ties broken by value (the same top-K
+    on any machine), and the set of every value seen (None past ``MAX_SEEN_VALUES``)."""
+    items = [(v, n) for v, n in counter.items() if v is not None]
+    items.sort(key=lambda vn: (-vn[1], vn[0]))
+    values = tuple(v for v, _ in items[:k])
+    seen = frozenset(v for v, _ in items) if len(items) <= MAX_SEEN_VALUES else None
+    return CategoricalCodes(values, seen)
 
 
 # ---------------------------------------------------------------------- encoding a batch

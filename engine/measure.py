@@ -240,3 +240,23 @@ def denominators(online: Grids, res: Resolution, layout: Layout, keys) -> dict[M
         else:  # mean_abs_delta, p99_abs_delta
             out[key] = online.delta[0].sum(-1).astype(np.float64)
     return out
+
+
+def select_slices(g: Grids, index: np.ndarray) -> Grids:
+    """The grids of the slices ``index`` (rows may repeat), slice axis first in every array.
+
+    Used to lay the baseline out on a check's layout that has slices the baseline lacks (a
+    ``model_version`` column found online): each such slice is compared with the baseline's
+    population.
+    """
+
+    def take(a):
+        if a is None:
+            return None
+        if isinstance(a, dict):
+            return {k: take(v) for k, v in a.items()}
+        if isinstance(a, (list, tuple)):
+            return type(a)(take(v) for v in a)
+        return np.take(a, index, axis=0)
+
+    return Grids(**{f: take(getattr(g, f)) for f in g.__dataclass_fields__})

@@ -7,6 +7,7 @@ record (inputs, fingerprints, seed, config hash) that goes into the result.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 import uuid
@@ -22,6 +23,7 @@ from engine import metrics as M
 from engine.bootstrap import CellBootstrap
 from engine.compare import Evidence, Judge, verdict
 from engine.config import Config, load_config
+from engine.encode import Layout, count_values, top_k_codes
 from engine.errors import ConfigError, SchemaError
 from engine.expectation import Baseline
 from engine.io import TableSource, open_table
@@ -134,6 +136,8 @@ def run_check(
     src_on = open_table(online, "online")
     src_off = open_table(offline, "offline") if offline is not None else None
     src_out = open_table(outcomes, "outcomes") if outcomes is not None else None
+    base_layout = layout
+    layout = _with_model_version(layout, cfg, src_on)
     spec = _join_spec(cfg, layout, src_on, src_off, src_out)
     has_offline = src_off is not None or spec.online_offline_score is not None
     has_outcomes = src_out is not None or spec.online_label is not None
@@ -157,7 +161,9 @@ def run_check(
     report = stream.report
 
     g_on = ME.grids_from_statistics(stats, layout)
-    g_base = ME.grids_from_statistics(bl.statistics, layout)
+    g_base = ME.grids_from_statistics(bl.statistics, base_layout)
+    if layout is not base_layout:
+        g_base = ME.select_slices(g_base, _baseline_slice_index(layout, base_layout))
     fine = ME.fine_resolution(layout)
     online_vals = ME.measure(g_on, g_base, fine, layout)
     baseline_vals = ME.measure(g_base, None, fine, layout)
@@ -230,6 +236,29 @@ def run_check(
         "invalid_offline_scores": whole["invalid_offline_score"],
     }
     return CheckResult(verdict(findings), findings, run, data_quality)
+
+
+def _with_model_version(layout: Layout, cfg: Config, src_on: TableSource) -> Layout:
+    """The layout plus the online ``model_version`` column as a slice, when there is one.
+
+    Logs that mix versions during a rollout are compared per version (DESIGN section 7). The
+    versions are read from the online table (one column, a cheap pre-pass) since the
+    evaluation data usually holds one; every version is compared with the baseline's
+    population.
+    """
+    column = cfg.columns.online.model_version
+    if column is None or not src_on.has(column) or column in layout.slice_columns:
+        return layout
+    counts = count_values(src_on.batches([column], batch_size=cfg.batch_size), column)
+    return layout.with_slice_column(column, top_k_codes(counts, cfg.top_k))
+
+
+def _baseline_slice_index(layout: Layout, base_layout: Layout) -> np.ndarray:
+    """For each slice of ``layout``, its baseline slice (the population when it has none)."""
+    position = {json.dumps(s, sort_keys=True): i for i, s in enumerate(base_layout.slice_labels())}
+    return np.array(
+        [position.get(json.dumps(s, sort_keys=True), 0) for s in layout.slice_labels()], dtype=np.int64
+    )
 
 
 def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out) -> JoinSpec:

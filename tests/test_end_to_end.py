@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
@@ -138,3 +139,39 @@ def test_json_is_strict_and_canonical(injected):
     ]
     assert doc["schema_version"] == 1
     assert len(keys) == len(set(keys))
+
+
+def test_model_version_is_always_a_slice(tmp_path):
+    """A rollout: the online log mixes two versions; v2's serving path scores differently."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    sc = generate(tmp_path / "mv", rows=60_000, seed=5, inject=False)
+    online = pq.read_table(sc.online)
+    ids = online["request_id"].fill_null(0).to_numpy()
+    v2 = ids % 10 == 0
+    score = online["score"].to_numpy(zero_copy_only=False)
+    bumped = np.where(v2, np.clip(score * 1.8 + 0.05, 0, 1), score).astype(np.float32)
+    online = online.set_column(online.schema.get_field_index("score"), "score", pa.array(bumped))
+    online = online.append_column("model_version", pa.array(np.where(v2, "fraud-v8", "fraud-v7")))
+    pq.write_table(online, sc.online)
+    config = Config(slices=sc.slices, features=sc.features, thresholds=sc.thresholds)
+    build_baseline(sc.evaluation, config, out=tmp_path / "bl", backend="cpu")
+    result = run_check(tmp_path / "bl", sc.online, offline=sc.offline, outcomes=sc.outcomes, bootstrap=300)
+
+    by_version = {}
+    for f in result.findings:
+        if "model_version" in f.slice:
+            by_version.setdefault(f.slice["model_version"], []).append(f)
+    assert set(by_version) >= {"fraud-v7", "fraud-v8"}
+    new = [f for f in by_version["fraud-v8"] if f.status == "alert"]
+    assert {f.metric for f in new} >= {"flip_rate", "mean_abs_delta"}
+    assert {f.cause for f in new} == {"serving_skew"}
+    assert not [f for f in by_version["fraud-v7"] if f.status == "alert"]
+    df = materialize_joined(sc)
+    rows = df[df["model_version"] == "fraud-v8"]
+    paired = rows["score"].between(0, 1) & rows["score_offline"].between(0, 1)
+    for f in (f for f in by_version["fraud-v8"] if f.metric == "flip_rate"):
+        flips = ((rows["score"] >= f.threshold) != (rows["score_offline"] >= f.threshold)) & paired
+        assert f.n == paired.sum()
+        assert f.value == pytest.approx(flips.sum() / paired.sum(), rel=1e-12)
