@@ -43,7 +43,7 @@ from engine.encode import (
     categorical_codes,
     dictionary_parts,
 )
-from engine.errors import StatisticsError
+from engine.errors import ConfigError, StatisticsError
 from kernels.cpu_fused import fused_accumulate, log_loss_terms, uniform_lut
 
 #: Fixed-point resolutions (bits after the binary point) of each summed quantity.
@@ -56,6 +56,9 @@ LL_BITS = 32
 LL2_BITS = 20
 VALUE_BITS = 16
 VALUE2_BITS = 0
+
+#: Most cells one score grid may have (int64: 256 MiB; a thread keeps an int32 copy).
+MAX_GRID_CELLS = 1 << 25
 
 DQ_FLAGS = (
     "rows",
@@ -218,6 +221,13 @@ class Accumulator:
             f.name for f in layout.features if f.kind == "categorical"
         ]
         self._dq_flags = DQ_FLAGS + tuple(f"unseen:{c}" for c in self._categorical)
+        cells = self._n_raw * N_LABEL_STATES * self._n_fine
+        if cells > MAX_GRID_CELLS:
+            raise ConfigError(
+                f"The layout has {layout.n_slices:,} slices x {self._n_fine:,} score bins = {cells:,} cells "
+                f"per score grid, more than the {MAX_GRID_CELLS:,} parity keeps in memory. Lower 'top_k', "
+                "drop a cross, or slice by fewer columns."
+            )
 
     # ------------------------------------------------------------------ shapes
     def _shapes(self) -> dict[str, tuple[int, ...]]:
