@@ -8,9 +8,11 @@ configuration or input error (a message naming the file, column and value; no tr
 from __future__ import annotations
 
 import sys
+import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -230,23 +232,25 @@ def check_cmd(
                 f"The '--scheduler' option ({scheduler!r}) needs the Dask backend, which is not built yet; "
                 "run without it (single process)."
             )
-        result = run_check(
-            baseline,
-            online,
-            offline=offline,
-            outcomes=outcomes,
-            keys=key,
-            score=score,
-            offline_score=offline_score,
-            label=label,
-            time_column=time,
-            window=window,
-            backend=backend,
-            bootstrap=bootstrap,
-            seed=seed,
-            config=config,
-            meta=meta_pairs,
-        )
+        with _progress(quiet) as progress:
+            result = run_check(
+                baseline,
+                online,
+                offline=offline,
+                outcomes=outcomes,
+                keys=key,
+                score=score,
+                offline_score=offline_score,
+                label=label,
+                time_column=time,
+                window=window,
+                backend=backend,
+                bootstrap=bootstrap,
+                seed=seed,
+                config=config,
+                meta=meta_pairs,
+                progress=progress,
+            )
         if json_out:
             _write(result.write_json, json_out, "the JSON result")
         if findings:
@@ -261,6 +265,27 @@ def check_cmd(
         return exit_code(result.verdict, fail_on)
 
     raise typer.Exit(_guard(run, debug))
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar (rows done, rate, ETA) on a terminal; silent otherwise or with --quiet."""
+    if quiet or not sys.stdout.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("rows"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("rows", total=None, rate="")
+        start = time.perf_counter()
+
+        def update(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=done, total=total or None, rate=f"{rate / 1e6:.2f}M rows/s")
+
+        yield update
 
 
 def exit_code(verdict: str, fail_on: str) -> int:

@@ -78,7 +78,7 @@ def run_check(
     seed: int | None = None,
     config: Config | str | os.PathLike | None = None,
     meta: dict[str, str] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CheckResult:
     """Compare online traffic (and its replay and outcomes) with a baseline.
 
@@ -103,7 +103,7 @@ def run_check(
     meta : dict, optional
         ``--meta key=value`` pairs, recorded in the run.
     progress : callable, optional
-        Called with the number of rows of each batch accumulated.
+        Called after each batch with (rows accumulated so far, online rows in all).
 
     Returns
     -------
@@ -152,12 +152,14 @@ def run_check(
     acc = Accumulator(layout, kernels, paired=has_offline, with_value=with_value)
     stats = acc.zero()
     join_keys = spec.keys if (src_off is not None or src_out is not None) else [k for k in spec.keys if src_on.has(k)]
+    done = 0
     for batch in stream:
         if not batch.num_rows:
             continue
         stats = acc.update(stats, _with_key_null(batch, join_keys))
+        done += batch.num_rows
         if progress is not None:
-            progress(batch.num_rows)
+            progress(done, stream.report.online_rows)
     report = stream.report
 
     g_on = ME.grids_from_statistics(stats, layout)
