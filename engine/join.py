@@ -209,6 +209,28 @@ class JoinReport:
 # Helpers
 
 
+def _register(con: duckdb.DuckDBPyConnection, name: str, src: TableSource) -> None:
+    """Make ``src`` a relation of ``con`` named ``name``.
+
+    Local Parquet files without partition columns are read by DuckDB's own Parquet reader
+    (faster, and its memory stays under DuckDB's limit); anything else (CSV, hive
+    partitions, remote filesystems, in-memory tables) through the pyarrow dataset.
+    """
+    import pyarrow.fs as pafs
+
+    physical = (
+        src.format == "parquet"
+        and src.files
+        and isinstance(getattr(src, "_fs", None), pafs.LocalFileSystem)
+        and len(getattr(getattr(src.dataset, "partitioning", None), "schema", None) or []) == 0
+    )
+    if physical:
+        files = ", ".join("'" + f.replace("'", "''") + "'" for f in src.files)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet([{files}])")
+    else:
+        con.register(name, src.dataset)
+
+
 def _q(name: str) -> str:
     """A quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
@@ -507,11 +529,11 @@ class JoinedStream:
         con = duckdb.connect()
         try:
             self._configure(con, tmp)
-            con.register("on_src", self.online.dataset)
+            _register(con, "on_src", self.online)
             if self.offline is not None:
-                con.register("off_src", self.offline.dataset)
+                _register(con, "off_src", self.offline)
             if self.outcomes is not None:
-                con.register("oc_src", self.outcomes.dataset)
+                _register(con, "oc_src", self.outcomes)
             report.online_rows = self.online.count_rows()
             dup_on = self._key_stats(con, "on_src", "__dup_on", "online")
             if self.offline is not None:
