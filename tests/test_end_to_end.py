@@ -175,3 +175,16 @@ def test_model_version_is_always_a_slice(tmp_path):
         flips = ((rows["score"] >= f.threshold) != (rows["score_offline"] >= f.threshold)) & paired
         assert f.n == paired.sum()
         assert f.value == pytest.approx(flips.sum() / paired.sum(), rel=1e-12)
+
+
+def test_same_findings_for_any_batch_size(tmp_path):
+    """Statistics are exact integers, draws keyed by meaning: the batch size changes nothing."""
+    sc = generate(tmp_path / "bs", rows=30_000, seed=11)
+    config = Config(slices=sc.slices, features=sc.features, thresholds=sc.thresholds)
+    build_baseline(sc.evaluation, config, out=tmp_path / "bl", backend="cpu")
+    runs = [
+        run_check(tmp_path / "bl", sc.online, offline=sc.offline, outcomes=sc.outcomes, bootstrap=200,
+                  config=config.with_overrides(batch_size=size))
+        for size in (1 << 20, 7_777)
+    ]
+    assert [f.to_dict() for f in runs[0].findings] == [f.to_dict() for f in runs[1].findings]
