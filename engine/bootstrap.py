@@ -441,8 +441,10 @@ def rate_difference_interval(
     return lo, hi
 
 
-def _norm_sf(z: np.ndarray) -> np.ndarray:
-    return 0.5 * np.vectorize(math.erfc)(np.asarray(z, dtype=np.float64) / math.sqrt(2.0))
+def norm_sf(z):
+    """Standard normal upper tail ``P(Z > z)`` through erfc: accurate far in the tail (tiny
+    p-values stay positive), for a float or an array."""
+    return 0.5 * np.vectorize(math.erfc, otypes=[np.float64])(np.asarray(z, dtype=np.float64) / math.sqrt(2.0))
 
 
 @dataclass
@@ -485,7 +487,7 @@ def difference_test(
     with np.errstate(divide="ignore", invalid="ignore"):
         z_up = (diff - tolerance) / se
         z_down = (-tolerance - diff) / se
-    p_up, p_down = _norm_sf(z_up), _norm_sf(z_down)
+    p_up, p_down = norm_sf(z_up), norm_sf(z_down)
     if bad == "increase":
         p = p_up
     elif bad == "decrease":

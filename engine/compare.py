@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from engine.bootstrap import (
     RATE_METRICS,
+    norm_sf,
     benjamini_hochberg,
     percentile_interval,
     rate_difference_interval,
@@ -91,23 +93,6 @@ def _clean(x: Any) -> float | None:
         return None
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def _norm_sf(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
-
-
-def _z(level: float) -> float:
-    # inverse normal CDF by bisection on erfc: no SciPy at run time
-    lo, hi = 0.0, 10.0
-    target = (1.0 - level) / 2.0
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        if _norm_sf(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
 
 
 @dataclass
@@ -173,7 +158,7 @@ class Judge:
         self.layout = layout
         self.config = config
         self.level = config.ci_level
-        self.z = _z(config.ci_level)
+        self.z = NormalDist().inv_cdf(0.5 + config.ci_level / 2.0)
         self.labels = layout.slice_labels()
         self.thresholds = list(layout.thresholds)
 
@@ -520,7 +505,7 @@ def _one_sided(excess: float, se: float) -> float:
     """P(Z > excess / se): small when the divergence is clearly beyond the bound."""
     if se <= 0:
         return 0.0 if excess > 0 else 1.0
-    return _norm_sf(excess / se)
+    return float(norm_sf(excess / se))
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:
