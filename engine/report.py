@@ -104,6 +104,8 @@ _RUN_LABELS: dict[str, str] = {
 
 #: At most this many slices are named per cause in the summary (the rest are counted).
 MAX_CAUSE_SLICES = 12
+#: Rows of the all-findings table; past it the page points to the JSON/Parquet outputs.
+MAX_ALL_ROWS = 5000
 
 # The one script of the page: sortable headers and the findings filter. It only reads the DOM
 # (data-sort attributes and text), never builds markup from strings. It is hashed into the
@@ -666,7 +668,9 @@ def build_context(result: CheckResult) -> dict[str, Any]:
         "warnings": [_row(f, True) for f in warnings],
         "causes": _cause_summaries(findings),
         "dq_rows": _dq_rows(result.data_quality or {}, findings),
-        "all_rows": [_row(f, False) for f in findings],
+        # a browser handles a few thousand rows; the Parquet output holds them all
+        "all_rows": [_row(f, False) for f in findings[:MAX_ALL_ROWS]],
+        "all_rows_left_out": max(0, len(findings) - MAX_ALL_ROWS),
         "statuses": list(STATUS_LABELS.items()),
         "csp": _CSP,
         "script": Markup(_SCRIPT),  # static text, hashed into the CSP

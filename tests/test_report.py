@@ -480,3 +480,12 @@ document.body.setAttribute("data-shown", box.querySelector("output").textContent
     assert body["data-order"] == "descending"
     assert body["data-last-p"] == "—"
     assert body["data-shown"] == f"{sum(f.status == 'warn' for f in result.findings)} shown"
+
+
+def test_all_findings_table_is_capped(monkeypatch, result):
+    """A run with more findings than a browser handles points to the JSON/Parquet outputs."""
+    import engine.report as report
+
+    monkeypatch.setattr(report, "MAX_ALL_ROWS", 10)
+    page = report.render_html(result)
+    assert f"{len(result.findings) - 10:,} more are in the JSON result" in page
