@@ -50,6 +50,7 @@ from engine.encode import (
     dictionary_parts,
 )
 from engine.errors import ConfigError, StatisticsError
+from engine.metrics import aggregate_bins
 from kernels.cpu_fused import fused_accumulate, log_loss_terms, uniform_lut
 
 #: Fixed-point resolutions (bits after the binary point) of each summed quantity.
@@ -469,8 +470,12 @@ class Accumulator:
             float(2**P_BITS), float(2**LL_BITS), float(2**LL2_BITS), LOG_EPS,
             value, self.with_value, float(2**VALUE_BITS), float(2**VALUE2_BITS),
         ))
+        # calibration counts: the fine counts summed into calibration bins (calib edges are
+        # a subset of the fine ones), as the kernel leaves them out
+        calib_h[0] = aggregate_bins(score_h, self._fine_to_calib, self._n_calib)
         out = {"score": score_h[None], "calib": calib_h, "feature": feat_h[None], "dq": dq_h[None]}
         if self.paired:
+            calib_off_h[0] = aggregate_bins(off_h, self._fine_to_calib, self._n_calib)
             out.update(offline=off_h[None], calib_off=calib_off_h, joint=joint_h[None], delta=delta_h)
         if self.with_value:
             out["value"] = value_h

@@ -155,7 +155,8 @@ def _accumulate_range(
     Jn = num_values.shape[0]
     Jc = cat_codes.shape[0]
     # counts in int32 (a call covers fewer than 2**31 rows: half the cache footprint),
-    # fixed-point sums in int64
+    # fixed-point sums in int64; row 0 of the calibration grids (their counts) is left to
+    # the caller, who derives it from the fine grids (one increment per row saved)
     score_h = np.zeros((n_raw, 3, F), dtype=np.int32)
     calib_h = np.zeros((5, n_raw, 3, n_calib), dtype=np.int64)
     off_h = np.zeros((n_raw, 3, F), dtype=np.int32)
@@ -206,7 +207,6 @@ def _accumulate_range(
             for d in range(Dd):
                 r = codes[d]
                 score_h[r, state, fb] += 1
-                calib_h[0, r, state, cb] += 1
                 calib_h[1, r, state, cb] += pf
                 calib_h[2, r, state, cb] += p2f
                 calib_h[3, r, state, cb] += llf
@@ -232,7 +232,6 @@ def _accumulate_range(
                 for d in range(Dd):
                     r = codes[d]
                     off_h[r, state, fo] += 1
-                    calib_off_h[0, r, state, co] += 1
                     calib_off_h[1, r, state, co] += of
                     calib_off_h[2, r, state, co] += o2f
                     calib_off_h[3, r, state, co] += llof
