@@ -192,6 +192,8 @@ def _accumulate_range(
         # helper measured 20% slower, its array arguments defeating LLVM's alias analysis)
         s = np.float64(score[i])
         valid = s >= 0.0 and s <= 1.0
+        fb = cb = 0
+        pf = p2f = llf = ll2f = np.int64(0)
         if valid:
             fb = _key_bin(s, edges, n_score_edges, kmin, shift, lut, steps)
             cb = fine_to_calib[fb]
@@ -218,7 +220,10 @@ def _accumulate_range(
             o = np.float64(offline[i])
             valid_off = o >= 0.0 and o <= 1.0
             invalid_off = (o == o) and not valid_off
-            if valid_off:
+            if valid_off and valid and o == s:
+                # a faithful replay: the same score, so the same bins and terms
+                fo, co, of, o2f, llof, llo2f = fb, cb, pf, p2f, llf, ll2f
+            elif valid_off:
                 fo = _key_bin(o, edges, n_score_edges, kmin, shift, lut, steps)
                 co = fine_to_calib[fo]
                 of = _fixed(o, p_scale)
@@ -229,6 +234,7 @@ def _accumulate_range(
                     llo = -math.log(q) if state == 1 else -math.log1p(-q)
                 llof = _fixed(llo, ll_scale)
                 llo2f = _fixed(llo * llo, ll2_scale)
+            if valid_off:
                 for d in range(Dd):
                     r = codes[d]
                     off_h[r, state, fo] += 1
