@@ -94,14 +94,13 @@ def _canonical(*args):
 
     Numba compiles once per signature, and a signature includes each array's dtype and
     writeability (Arrow hands out read-only arrays for columns without nulls, writable
-    copies otherwise). Floats become float64, every array a read-only contiguous view, so
-    the kernel compiles once.
+    copies otherwise). Every array becomes a read-only contiguous view, so writeability never
+    adds a signature; float32 columns stay float32 (widening them would copy every batch),
+    so a table of float32 scores and features costs one more compilation.
     """
     out = []
     for a in args:
         if isinstance(a, np.ndarray):
-            if a.dtype == np.float32:
-                a = a.astype(np.float64)
             a = np.ascontiguousarray(a).view()
             a.flags.writeable = False
         out.append(a)
