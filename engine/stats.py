@@ -66,6 +66,8 @@ VALUE2_BITS = 0
 
 #: Most cells one score grid may have (int64: 256 MiB; a thread keeps an int32 copy).
 MAX_GRID_CELLS = 1 << 25
+#: Memory the accumulation threads' private score grids may take together.
+THREAD_GRID_BYTES = 2 << 30
 
 DQ_FLAGS = (
     "rows",
@@ -451,10 +453,12 @@ class Accumulator:
         cat_unseen = np.stack([c[1] for c in cat]) if cat else np.zeros((0, n), bool)
         score_index = self.kernels.edge_index(layout.score_edges)
         delta_index = self.kernels.edge_index(layout.delta_edges)
-        n_chunks = max(1, min(numba.get_num_threads(), -(-n // 65536)))
+        # threads: one per core, each with private grids, within THREAD_GRID_BYTES in all
+        per_thread = 2 * self._n_raw * N_LABEL_STATES * self._n_fine * 4
+        n_threads = max(1, min(numba.get_num_threads(), -(-n // 65536), THREAD_GRID_BYTES // per_thread))
         value = self._checked_value(batch) if self.with_value else np.zeros(1)
         score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h, value_h = fused_accumulate(*_canonical(
-            n_chunks,
+            n_threads,
             col_index, col_lut, col_unseen, col_null, dim_a, dim_b, dim_b_size, self._dim_offsets, self._n_raw,
             score, offline, self.paired, label, key_null,
             score_index.padded, len(score_index.edges), score_index.kmin, score_index.shift,
