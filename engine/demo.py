@@ -114,11 +114,12 @@ def _print(console: Console, outcome: DemoOutcome, timings: dict[str, float]) ->
         here = [f for f in alerts if f.slice == inj.slice]
         causes = sorted({f.cause for f in here})
         ok = any(f.cause == inj.cause for f in here) and causes == [inj.cause]
-        metrics = sorted({f.metric for f in here})
+        expected = sorted(set(inj.metrics))
+        found = sorted({f.metric for f in here} & set(expected))
         table.add_row(
             inj.cause,
             ", ".join(f"{k}={v}" for k, v in inj.slice.items()),
-            f"{len(here)} ({', '.join(metrics[:6])}{', ...' if len(metrics) > 6 else ''})",
+            f"{len(here)} ({len(found)}/{len(expected)} expected metrics)",
             ", ".join(causes) or "-",
             "[green]yes[/]" if ok else "[red]NO[/]",
         )
