@@ -7,6 +7,7 @@ configuration or input error (a message naming the file, column and value; no tr
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -33,7 +34,10 @@ FAIL_ON = ("alert", "warn", "never")
 
 
 def _console(quiet: bool = False) -> Console:
-    return Console(stderr=False, quiet=quiet, highlight=False, soft_wrap=False)
+    # Logs and pipes get wide lines (rich would assume 80 columns and wrap every table row);
+    # a terminal keeps its own width.
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(stderr=False, quiet=quiet, highlight=False, soft_wrap=False, width=width)
 
 
 def _error(message: str, code: int) -> None:
