@@ -30,6 +30,23 @@ app = typer.Typer(
 )
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _version(value: bool) -> None:
+    if value:
+        from engine import __version__
+
+        print(f"parity {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """parity: post-deployment validation of ML models (online vs offline vs outcomes)."""
 FAIL_ON = ("alert", "warn", "never")
 
 
