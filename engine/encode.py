@@ -265,9 +265,13 @@ def default_delta_edges(n_bins: int = 256) -> np.ndarray:
 class LayoutBuilder:
     """First pass over the evaluation data: exact value counts and a score/feature sample.
 
-    Top-K uses exact counts over every row. Quantile edges come from a deterministic sample
-    (every row while the table is small, a stride-based subsample beyond ``max_sample``); the
-    edges need not be exact quantiles, since counts are exact for whatever edges are frozen.
+    Top-K uses exact counts over every row. Quantile edges come from a deterministic sample:
+    every row while the table has at most ``max_sample`` rows, else every ``stride``-th row by
+    its position in the table, so the sample (hence the layout) does not depend on how the
+    table is cut into batches. Without ``total_rows`` (a stream of unknown length) the sample
+    is thinned by half whenever it doubles past ``max_sample``, which depends on the batch
+    boundaries. The edges need not be exact quantiles: counts are exact for whatever edges
+    are frozen.
     """
 
     def __init__(
@@ -281,6 +285,7 @@ class LayoutBuilder:
         score_bins: int = 1024,
         crosses: Iterable[tuple[str, str]] = (),
         max_sample: int = 4_000_000,
+        total_rows: int | None = None,
     ) -> None:
         self.slice_columns = tuple(slice_columns)
         self.features = dict(features)
@@ -295,17 +300,25 @@ class LayoutBuilder:
         self._samples: dict[str, list[np.ndarray]] = {self.score_column: []}
         self._samples.update({f: [] for f, k in self.features.items() if k == "numeric"})
         self._rows = 0
+        self._stride = max(1, -(-int(total_rows) // max_sample)) if total_rows else None
 
     def update(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Count values and sample numbers from one batch."""
-        self._rows += batch.num_rows
+        n = batch.num_rows
+        take = None
+        if self._stride is not None and self._stride > 1:
+            positions = np.arange(self._rows, self._rows + n)
+            take = np.nonzero(positions % self._stride == 0)[0]
+        self._rows += n
         for col, counter in self._counts.items():
             counter.update(count_values([batch], col))
         for col, chunks in self._samples.items():
             values = _to_float(batch.column(col))
+            if take is not None:
+                values = values[take]
             chunks.append(values[np.isfinite(values)])
         total = sum(c.size for c in self._samples[self.score_column])
-        if total > 2 * self.max_sample:  # keep memory bounded: thin every sample by 2
+        if self._stride is None and total > 2 * self.max_sample:  # bounded memory: thin by 2
             for col, chunks in self._samples.items():
                 merged = np.concatenate(chunks) if chunks else np.zeros(0)
                 self._samples[col] = [merged[::2]]

@@ -165,6 +165,7 @@ def build_baseline(
         top_k=config.top_k,
         score_bins=config.score_bins,
         crosses=[tuple(c) for c in config.crosses],
+        total_rows=src.count_rows(),
     )
     for batch in src.batches(needed, batch_size=config.batch_size):
         builder.update(batch)

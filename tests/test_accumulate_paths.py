@@ -105,3 +105,18 @@ def test_counts_are_exact(layout):
     assert flags["invalid_offline_score"] == int((~np.isnan(off) & ~((off >= 0) & (off <= 1))).sum())
     assert flags["null_key"] == int(table["__key_null"].to_numpy().sum())
     assert flags["unseen:ch"] == int((table["ch"].to_numpy(zero_copy_only=False) == "z").sum())
+
+
+def test_layout_sample_does_not_depend_on_batches():
+    """Past max_sample, the quantile sample is every stride-th row by position."""
+    table = _table(30_000, 4)
+
+    def build(batch: int):
+        builder = LayoutBuilder(["country"], {"f1": "numeric"}, [0.3], max_sample=7_000, total_rows=table.num_rows)
+        for b in table.to_batches(max_chunksize=batch):
+            builder.update(b)
+        return builder.build()
+
+    a, b = build(30_000), build(1_234)
+    assert a.fingerprint() == b.fingerprint()
+    assert np.array_equal(a.score_edges, b.score_edges)
