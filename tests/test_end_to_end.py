@@ -188,3 +188,20 @@ def test_same_findings_for_any_batch_size(tmp_path):
         for size in (1 << 20, 7_777)
     ]
     assert [f.to_dict() for f in runs[0].findings] == [f.to_dict() for f in runs[1].findings]
+
+
+def test_same_findings_for_any_file_partitioning(tmp_path):
+    """The online log as one file or as a hive-partitioned directory: identical findings."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    sc = generate(tmp_path / "part", rows=30_000, seed=12)
+    online = pq.read_table(sc.online)
+    ds.write_dataset(online, tmp_path / "online_by_device", format="parquet",
+                     partitioning=["device"], partitioning_flavor="hive")
+    config = Config(slices=sc.slices, features=sc.features, thresholds=sc.thresholds)
+    build_baseline(sc.evaluation, config, out=tmp_path / "bl", backend="cpu")
+    kwargs = dict(offline=sc.offline, outcomes=sc.outcomes, bootstrap=200, seed=4)
+    one = run_check(tmp_path / "bl", sc.online, **kwargs)
+    many = run_check(tmp_path / "bl", tmp_path / "online_by_device", **kwargs)
+    assert [f.to_dict() for f in one.findings] == [f.to_dict() for f in many.findings]
