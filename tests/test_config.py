@@ -528,3 +528,19 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     c = load_config(write(tmp_path, text))
     assert c.resolved_metric("precision").tolerance == 0.03
     assert c.resolved_metric("precision").min_rows == 500
+
+
+def test_readme_config_example_is_valid():
+    """The README's YAML example stays a valid configuration."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from engine.config import Config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", readme, re.S).group(1)
+    config = Config.from_dict(yaml.safe_load(example))
+    assert config.resolved_metric("auc").tolerance == 0.01
+    assert not config.resolved_metric("value_per_row").enabled
