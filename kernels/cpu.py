@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels import _rng
+from kernels.cpu_fused import _key_bin
 
 _RNG = _rng.build(njit(inline="always", cache=True))
 _cell_base, _draw_hash = _RNG.cell_base, _RNG.draw_hash
@@ -39,7 +40,8 @@ class EdgeIndex:
     """Sorted edges plus a lookup table on the high bits of the value's sortable key.
 
     ``lut[c]`` is the number of edges at or below the lowest value of key cell ``c``: a
-    lower bound of the bin, finished by a short forward scan. The result is exactly
+    lower bound of the bin, finished by a counted number of compare-and-add steps
+    (``kernels.cpu_fused._key_bin``, shared by both CPU paths). The result is exactly
     ``searchsorted(edges, v, side="right")``; the table only saves the binary search.
     """
 
@@ -70,26 +72,10 @@ class EdgeIndex:
 
 
 @njit(parallel=True, cache=True)
-def _bin_index_lut(values, edges, kmin, shift, lut, out):
-    n = values.shape[0]
-    m = edges.shape[0]
-    n_lut = lut.shape[0]
-    top = np.uint64(1) << np.uint64(63)
-    for i in prange(n):
+def _bin_index_lut(values, padded, n_edges, kmin, shift, lut, steps, out):
+    for i in prange(values.shape[0]):
         v = np.float64(values[i])
-        if v != v:
-            out[i] = -1
-            continue
-        bits = np.float64(v).view(np.uint64)
-        key = ~bits if (bits & top) else (bits | top)
-        if key < kmin:
-            code = 0
-        else:
-            cell = (key - kmin) >> shift
-            code = lut[cell] if cell < n_lut else m
-        while code < m and v >= edges[code]:
-            code += 1
-        out[i] = code
+        out[i] = -1 if v != v else _key_bin(v, padded, n_edges, kmin, shift, lut, steps)
 
 
 # --------------------------------------------------------------------------- histogram
@@ -208,7 +194,7 @@ class CpuKernels:
         if values.dtype not in (np.float32, np.float64):
             values = values.astype(np.float64)
         out = np.empty(values.shape[0], dtype=np.int32)
-        _bin_index_lut(values, index.edges, index.kmin, index.shift, index.lut, out)
+        _bin_index_lut(values, index.padded, len(index.edges), index.kmin, index.shift, index.lut, index.steps, out)
         return out
 
     def histogram(self, outer, outer_offsets, inner, inner_size, n_cells, weights=None):
