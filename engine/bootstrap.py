@@ -484,17 +484,25 @@ def difference_test(
     se = standard_error(diff_reps)
     if floor_se is not None:
         se = np.fmax(se, floor_se)
+    return DifferenceTest(np.asarray(diff), lo, hi, se, one_sided_p_value(diff, tolerance, se, bad))
+
+
+def one_sided_p_value(diff, margin, se, bad: str):
+    """P-value of H0 "the divergence in the bad direction is within ``margin``".
+
+    ``P(Z > (diff - margin) / se)`` for ``increase``, ``P(Z > (-margin - diff) / se)`` for
+    ``decrease``, the smaller of the two for ``either``; float or array. The verdicts
+    (``engine.compare``) and :func:`difference_test` both use it.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
-        z_up = (diff - tolerance) / se
-        z_down = (-tolerance - diff) / se
+        z_up = (diff - margin) / se
+        z_down = (-margin - diff) / se
     p_up, p_down = norm_sf(z_up), norm_sf(z_down)
     if bad == "increase":
-        p = p_up
-    elif bad == "decrease":
-        p = p_down
-    else:
-        p = np.fmin(p_up, p_down)
-    return DifferenceTest(np.asarray(diff), lo, hi, se, p)
+        return p_up
+    if bad == "decrease":
+        return p_down
+    return np.fmin(p_up, p_down)
 
 
 def benjamini_hochberg(p_values: np.ndarray, q: float = 0.05) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 
 from engine.bootstrap import (
     RATE_METRICS,
-    norm_sf,
+    one_sided_p_value,
     benjamini_hochberg,
     percentile_interval,
     rate_difference_interval,
@@ -395,19 +395,15 @@ class Judge:
                 t.status = "ok"
 
     def _p_value(self, t: _Test, tol: Tolerance, margin: float) -> float:
+        """One-sided p-value of exceeding the tolerance (a floor: ``expected`` is the bound,
+        so ``diff`` is the value's distance to it and the margin is 0)."""
         if not math.isfinite(t.se):
             return float("nan")
-        if tol.kind == "floor":
-            # H0: the value is on the good side of the bound
-            excess = (tol.value - t.value) if tol.bad == "decrease" else (t.value - tol.value)
-            return _one_sided(excess, t.se)
-        up = _one_sided(t.diff - margin, t.se)
-        down = _one_sided(-margin - t.diff, t.se)
-        if tol.bad == "increase":
-            return up
-        if tol.bad == "decrease":
-            return down
-        return min(up, down)
+        if t.se <= 0:  # a degenerate interval: the point decides
+            up = 0.0 if t.diff - margin > 0 else 1.0
+            down = 0.0 if -margin - t.diff > 0 else 1.0
+            return {"increase": up, "decrease": down}.get(tol.bad, min(up, down))
+        return float(one_sided_p_value(t.diff, margin, t.se, tol.bad))
 
     # ------------------------------------------------------------------ causes
     def _causes(self, tests: list[_Test], ev: Evidence) -> None:
@@ -499,13 +495,6 @@ class Judge:
             severity=_clean(t.severity) or 0.0,
             reason=t.reason,
         )
-
-
-def _one_sided(excess: float, se: float) -> float:
-    """P(Z > excess / se): small when the divergence is clearly beyond the bound."""
-    if se <= 0:
-        return 0.0 if excess > 0 else 1.0
-    return float(norm_sf(excess / se))
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:
