@@ -91,6 +91,13 @@ def _float_column(col) -> np.ndarray:
     return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
 
 
+def _key_null(batch: pa.RecordBatch) -> np.ndarray:
+    """The join's null-key mask, all False when the batch has none."""
+    if KEY_NULL in batch.schema.names:
+        return batch.column(KEY_NULL).to_numpy(zero_copy_only=False).astype(bool)
+    return np.zeros(batch.num_rows, dtype=bool)
+
+
 def _canonical(*args):
     """Arguments of the fused kernel in one canonical form per type.
 
@@ -369,11 +376,7 @@ class Accumulator:
             out["value"] = self._value_grid(batch, outer, label_state)
 
         # ---- data quality flags (a row may raise several)
-        key_null = (
-            batch.column(KEY_NULL).to_numpy(zero_copy_only=False).astype(bool)
-            if KEY_NULL in batch.schema.names
-            else np.zeros(n, dtype=bool)
-        )
+        key_null = _key_null(batch)
         any_unseen = np.zeros(n, dtype=bool)
         for m in unseen.values():
             any_unseen |= m
@@ -440,11 +443,7 @@ class Accumulator:
         score = _float_column(batch.column(SCORE))
         offline = _float_column(batch.column(OFFLINE_SCORE)) if self.paired else score
         label = _to_float(batch.column(LABEL)).astype(np.float64) if LABEL in batch.schema.names else np.full(n, np.nan)
-        key_null = (
-            batch.column(KEY_NULL).to_numpy(zero_copy_only=False).astype(bool)
-            if KEY_NULL in batch.schema.names
-            else np.zeros(n, dtype=bool)
-        )
+        key_null = _key_null(batch)
         numeric = [(j, f) for j, f in enumerate(layout.features) if f.kind == "numeric"]
         categorical = [(j, f) for j, f in enumerate(layout.features) if f.kind == "categorical"]
         num_values = np.stack([_float_column(batch.column(f.name)) for _, f in numeric]) if numeric else np.zeros((0, n))
