@@ -484,7 +484,7 @@ class Judge:
             feature=t.feature,
             threshold=t.threshold,
             value=value,
-            expected=_clean(t.expected) if value is not None else _clean(t.expected),
+            expected=_clean(t.expected),
             diff=_clean(t.diff),
             ci=ci,
             tolerance=t.spec.tolerance_spec.to_dict(),
