@@ -151,12 +151,11 @@ def run_check(
     )
     acc = Accumulator(layout, kernels, paired=has_offline, with_value=with_value)
     stats = acc.zero()
-    join_keys = spec.keys if (src_off is not None or src_out is not None) else [k for k in spec.keys if src_on.has(k)]
     done = 0
     for batch in stream:
         if not batch.num_rows:
             continue
-        stats = acc.update(stats, _with_key_null(batch, join_keys))
+        stats = acc.update(stats, _with_key_null(batch, spec.keys))
         done += batch.num_rows
         if progress is not None:
             progress(done, stream.report.online_rows)
