@@ -154,19 +154,34 @@ def _accumulate_range(
     DB = n_delta_edges + 1
     Jn = num_values.shape[0]
     Jc = cat_codes.shape[0]
-    # counts in int32 (a call covers fewer than 2**31 rows: half the cache footprint),
-    # fixed-point sums in int64; row 0 of the calibration grids (their counts) is left to
-    # the caller, who derives it from the fine grids (one increment per row saved)
-    score_h = np.zeros((n_raw, 3, F), dtype=np.int32)
-    calib_h = np.zeros((5, n_raw, 3, n_calib), dtype=np.int64)
-    off_h = np.zeros((n_raw, 3, F), dtype=np.int32)
-    calib_off_h = np.zeros((5, n_raw, 3, n_calib), dtype=np.int64)
-    joint_h = np.zeros((n_raw, TT), dtype=np.int32)
+    NC = n_calib
+    FB = n_features * feature_bins
+    # One row adds to ~60 cells; the layouts below make those adds few and close together.
+    # The online and replay fine counts share one int64 cell: the online count in the low 32
+    # bits, the replay count in the high 32 (a call covers fewer than 2**31 rows, so neither
+    # carries), and a faithful replay (the same score: the same cell) adds both in one add.
+    pair_h = np.zeros(n_raw * 3 * F, dtype=np.int64)
+    # calibration sums (p, p^2, log-loss term, its square) side by side, in one cache line;
+    # faithful replays add them once to ``same_c`` (both sides), the others to one side each.
+    # Row 0 of the calibration grids (their counts) is left to the caller, who derives it
+    # from the fine grids.
+    same_c = np.zeros(n_raw * 3 * NC * 4, dtype=np.int64)
+    on_c = np.zeros(n_raw * 3 * NC * 4, dtype=np.int64)
+    off_c = np.zeros(n_raw * 3 * NC * 4, dtype=np.int64)
+    # faithful replays per (slice, #thresholds <= score): their decision pair is the diagonal
+    # and their |online - offline| is 0, so the joint and delta grids follow from this
+    faith_h = np.zeros((n_raw, T + 1), dtype=np.int64)
+    joint_h = np.zeros((n_raw, TT), dtype=np.int64)
     delta_h = np.zeros((3, n_raw, DB), dtype=np.int64)
-    feat_h = np.zeros((n_raw, n_features, feature_bins), dtype=np.int32)
-    dq_h = np.zeros((n_raw, n_dq), dtype=np.int32)
+    feat_h = np.zeros(n_raw * FB, dtype=np.int32)
+    # the row-level data-quality flags as one pattern (see below) per row: one add, not six
+    pattern_h = np.zeros((n_raw, 64), dtype=np.int32)
+    dq_h = np.zeros((n_raw, n_dq), dtype=np.int64)
     value_h = np.zeros((3, n_raw, 3), dtype=np.int64)
     codes = np.empty(Dd, dtype=np.int64)
+    feat_cells = np.empty(Jn + Jc, dtype=np.int64)
+    on_one = np.int64(1)
+    off_one = np.int64(1) << 32
     for i in range(row_start, row_end):
         # ---- slice codes of every dimension
         unseen_any = False
@@ -206,24 +221,44 @@ def _accumulate_range(
                 ll = -math.log(q) if state == 1 else -math.log1p(-q)
             llf = _fixed(ll, ll_scale)
             ll2f = _fixed(ll * ll, ll2_scale)
-            for d in range(Dd):
-                r = codes[d]
-                score_h[r, state, fb] += 1
-                calib_h[1, r, state, cb] += pf
-                calib_h[2, r, state, cb] += p2f
-                calib_h[3, r, state, cb] += llf
-                calib_h[4, r, state, cb] += ll2f
         # ---- offline replay of the same request
         valid_off = False
         invalid_off = False
+        faithful = False
         if paired:
             o = np.float64(offline[i])
             valid_off = o >= 0.0 and o <= 1.0
             invalid_off = (o == o) and not valid_off
-            if valid_off and valid and o == s:
-                # a faithful replay: the same score, so the same bins and terms
-                fo, co, of, o2f, llof, llo2f = fb, cb, pf, p2f, llf, ll2f
-            elif valid_off:
+            faithful = valid_off and valid and o == s
+        if faithful:
+            # the same score: the same bins and terms on both sides, a diagonal decision pair
+            ton = 0
+            for t in range(T):
+                ton += s >= thresholds[t]
+            fcell = state * F + fb
+            ccell = (state * NC + cb) * 4
+            for d in range(Dd):
+                r = codes[d]
+                pair_h[r * 3 * F + fcell] += on_one + off_one
+                c = r * 3 * NC * 4 + ccell
+                same_c[c] += pf
+                same_c[c + 1] += p2f
+                same_c[c + 2] += llf
+                same_c[c + 3] += ll2f
+                faith_h[r, ton] += 1
+        else:
+            if valid:
+                fcell = state * F + fb
+                ccell = (state * NC + cb) * 4
+                for d in range(Dd):
+                    r = codes[d]
+                    pair_h[r * 3 * F + fcell] += on_one
+                    c = r * 3 * NC * 4 + ccell
+                    on_c[c] += pf
+                    on_c[c + 1] += p2f
+                    on_c[c + 2] += llf
+                    on_c[c + 3] += ll2f
+            if valid_off:
                 fo = _key_bin(o, edges, n_score_edges, kmin, shift, lut, steps)
                 co = fine_to_calib[fo]
                 of = _fixed(o, p_scale)
@@ -234,14 +269,16 @@ def _accumulate_range(
                     llo = -math.log(q) if state == 1 else -math.log1p(-q)
                 llof = _fixed(llo, ll_scale)
                 llo2f = _fixed(llo * llo, ll2_scale)
-            if valid_off:
+                fcell = state * F + fo
+                ccell = (state * NC + co) * 4
                 for d in range(Dd):
                     r = codes[d]
-                    off_h[r, state, fo] += 1
-                    calib_off_h[1, r, state, co] += of
-                    calib_off_h[2, r, state, co] += o2f
-                    calib_off_h[3, r, state, co] += llof
-                    calib_off_h[4, r, state, co] += llo2f
+                    pair_h[r * 3 * F + fcell] += off_one
+                    c = r * 3 * NC * 4 + ccell
+                    off_c[c] += of
+                    off_c[c + 1] += o2f
+                    off_c[c + 2] += llof
+                    off_c[c + 3] += llo2f
                 if valid:
                     ton = 0
                     toff = 0
@@ -273,39 +310,32 @@ def _accumulate_range(
                     value_h[0, r, state] += 1
                     value_h[1, r, state] += wf
                     value_h[2, r, state] += w2f
-        # ---- features
+        # ---- features: each feature's cell within a slice's block, then one add per slice
         for j in range(Jn):
             v = np.float64(num_values[j, i])
             if v != v:
                 fbin = num_n_edges[j] + 1  # the missing bin
             else:
                 fbin = _uniform_bin(v, num_edges, j, num_n_edges[j], num_lut, num_lo[j], num_scale[j], num_steps[j])
-            slot = num_slot[j]
-            for d in range(Dd):
-                feat_h[codes[d], slot, fbin] += 1
+            feat_cells[j] = num_slot[j] * feature_bins + fbin
         for j in range(Jc):
-            slot = cat_slot[j]
-            cc = cat_codes[j, i]
-            for d in range(Dd):
-                feat_h[codes[d], slot, cc] += 1
-        # ---- data quality flags (order: engine.stats.DQ_FLAGS, then unseen per column)
+            feat_cells[Jn + j] = cat_slot[j] * feature_bins + cat_codes[j, i]
         for d in range(Dd):
-            r = codes[d]
-            dq_h[r, 0] += 1
-            if valid:
-                dq_h[r, 1] += 1
-            else:
-                dq_h[r, 2] += 1
-            if valid_off:
-                dq_h[r, 3] += 1
-            if invalid_off:
-                dq_h[r, 4] += 1
-            if state < 2:
-                dq_h[r, 5] += 1
-            if invalid_label:
-                dq_h[r, 6] += 1
-            if key_null[i]:
-                dq_h[r, 7] += 1
+            base = codes[d] * FB
+            for j in range(Jn + Jc):
+                feat_h[base + feat_cells[j]] += 1
+        # ---- data quality: the row-level flags as a 6-bit pattern, expanded after the loop;
+        # unseen values (rare) per column directly (order: engine.stats.DQ_FLAGS)
+        pattern = (
+            np.int64(valid)
+            | (np.int64(valid_off) << 1)
+            | (np.int64(invalid_off) << 2)
+            | (np.int64(state < 2) << 3)
+            | (np.int64(invalid_label) << 4)
+            | (np.int64(key_null[i]) << 5)
+        )
+        for d in range(Dd):
+            pattern_h[codes[d], pattern] += 1
         for a in range(C):
             ia = col_index[a, i]
             if ia >= 0 and col_unseen[a, ia]:
@@ -320,15 +350,48 @@ def _accumulate_range(
         if unseen_any:
             for d in range(Dd):
                 dq_h[codes[d], 8] += 1
+    # ---- back to the grids of engine.stats
+    score_h = np.empty((n_raw, 3, F), dtype=np.int64)
+    off_h = np.empty((n_raw, 3, F), dtype=np.int64)
+    low = (np.int64(1) << 32) - 1
+    for r in range(n_raw):
+        for st in range(3):
+            for f in range(F):
+                packed = pair_h[(r * 3 + st) * F + f]
+                score_h[r, st, f] = packed & low
+                off_h[r, st, f] = packed >> 32
+    calib_h = np.zeros((5, n_raw, 3, NC), dtype=np.int64)
+    calib_off_h = np.zeros((5, n_raw, 3, NC), dtype=np.int64)
+    for r in range(n_raw):
+        for st in range(3):
+            for cc in range(NC):
+                c = ((r * 3 + st) * NC + cc) * 4
+                for k in range(4):
+                    calib_h[1 + k, r, st, cc] = same_c[c + k] + on_c[c + k]
+                    calib_off_h[1 + k, r, st, cc] = same_c[c + k] + off_c[c + k]
+    db0 = _key_bin(0.0, delta_edges, n_delta_edges, dkmin, dshift, dlut, dsteps)
+    for r in range(n_raw):
+        for t in range(T + 1):
+            joint_h[r, t * (T + 1) + t] += faith_h[r, t]
+            delta_h[0, r, db0] += faith_h[r, t]
+    for r in range(n_raw):
+        for pat in range(64):
+            m = pattern_h[r, pat]
+            if m:
+                dq_h[r, 0] += m
+                dq_h[r, 1 if pat & 1 else 2] += m
+                for q in range(1, 6):
+                    if pat & (1 << q):
+                        dq_h[r, 2 + q] += m
     return (
-        score_h.astype(np.int64),
+        score_h,
         calib_h,
-        off_h.astype(np.int64),
+        off_h,
         calib_off_h,
-        joint_h.astype(np.int64),
+        joint_h,
         delta_h,
-        feat_h.astype(np.int64),
-        dq_h.astype(np.int64),
+        feat_h.reshape((n_raw, n_features, feature_bins)).astype(np.int64),
+        dq_h,
         value_h,
     )
 
