@@ -87,6 +87,51 @@ def _fixed(x, scale):
     return np.int64(np.rint(x * scale))
 
 
+#: Rows per chunk of :func:`_accumulate_range`: the per-column work of a chunk (feature cells)
+#: is done column by column, in loops that compile to SIMD code, before the per-row pass.
+_CHUNK = 1024
+
+
+@njit(nogil=True, cache=True)
+def _feature_cells(
+    c0, c1, num_values, num_edges, num_n_edges, num_lut, num_lo, num_scale, num_steps, num_slot, cat_codes, cat_slot,
+    feature_bins, cells,
+):
+    """``cells[j, i - c0]``: the cell of row ``i``'s feature ``j`` within a slice's feature block.
+
+    Numeric features first (``j < Jn``), then categorical ones. The same bins as
+    :func:`_uniform_bin` (NaN: the missing bin), written as branch-free loops over the rows of
+    one feature so that they vectorise: the table cell, then the fixed compare-and-add steps.
+    """
+    m = c1 - c0
+    Jn = num_values.shape[0]
+    L = num_lut.shape[1]
+    top = L - 1.0
+    for j in range(Jn):
+        out = cells[j]
+        v_j = num_values[j]
+        lut_j = num_lut[j]
+        edges_j = num_edges[j]
+        lo, scale, n_edges = num_lo[j], num_scale[j], num_n_edges[j]
+        for k in range(m):
+            x = (np.float64(v_j[c0 + k]) - lo) * scale
+            x = x if x > 0.0 else 0.0  # NaN too: its bin is set below
+            x = x if x < top else top
+            out[k] = lut_j[np.int64(x)]
+        for _ in range(num_steps[j]):
+            for k in range(m):
+                out[k] += np.float64(v_j[c0 + k]) >= edges_j[out[k]]
+        base = num_slot[j] * feature_bins
+        for k in range(m):
+            v = v_j[c0 + k]
+            out[k] = base + (n_edges + 1 if v != v else min(out[k], n_edges))
+    for j in range(cat_codes.shape[0]):
+        out = cells[Jn + j]
+        base = cat_slot[j] * feature_bins
+        for k in range(m):
+            out[k] = base + cat_codes[j, c0 + k]
+
+
 @njit(nogil=True, cache=True)
 def _accumulate_range(
     row_start,
@@ -179,177 +224,172 @@ def _accumulate_range(
     dq_h = np.zeros((n_raw, n_dq), dtype=np.int64)
     value_h = np.zeros((3, n_raw, 3), dtype=np.int64)
     codes = np.empty(Dd, dtype=np.int64)
-    feat_cells = np.empty(Jn + Jc, dtype=np.int64)
+    cells = np.empty((Jn + Jc, _CHUNK), dtype=np.int32)
     on_one = np.int64(1)
     off_one = np.int64(1) << 32
-    for i in range(row_start, row_end):
-        # ---- slice codes of every dimension
-        unseen_any = False
-        for d in range(Dd):
-            a = dim_a[d]
-            ia = col_index[a, i]
-            code = col_lut[a, ia] if ia >= 0 else col_null_code[a]
-            b = dim_b[d]
-            if b >= 0:
-                ib = col_index[b, i]
-                code = code * dim_b_size[d] + (col_lut[b, ib] if ib >= 0 else col_null_code[b])
-            codes[d] = dim_offsets[d] + code
-        # ---- label state
-        y = label[i]
-        if y == 1.0:
-            state = 1
-        elif y == 0.0:
-            state = 0
-        else:
-            state = 2
-        invalid_label = (y == y) and state == 2
-        # ---- online score (the replay's block below is its twin, written out: a shared inline
-        # helper measured 20% slower, its array arguments defeating LLVM's alias analysis)
-        s = np.float64(score[i])
-        valid = s >= 0.0 and s <= 1.0
-        fb = cb = 0
-        pf = p2f = llf = ll2f = np.int64(0)
-        if valid:
-            fb = _key_bin(s, edges, n_score_edges, kmin, shift, lut, steps)
-            cb = fine_to_calib[fb]
-            p = s
-            pf = _fixed(p, p_scale)
-            p2f = _fixed(p * p, p_scale)
-            ll = 0.0
-            if state < 2:
-                q = min(max(p, log_eps), 1.0 - log_eps)
-                ll = -math.log(q) if state == 1 else -math.log1p(-q)
-            llf = _fixed(ll, ll_scale)
-            ll2f = _fixed(ll * ll, ll2_scale)
-        # ---- offline replay of the same request
-        valid_off = False
-        invalid_off = False
-        faithful = False
-        if paired:
-            o = np.float64(offline[i])
-            valid_off = o >= 0.0 and o <= 1.0
-            invalid_off = (o == o) and not valid_off
-            faithful = valid_off and valid and o == s
-        if faithful:
-            # the same score: the same bins and terms on both sides, a diagonal decision pair
-            ton = 0
-            for t in range(T):
-                ton += s >= thresholds[t]
-            fcell = state * F + fb
-            ccell = (state * NC + cb) * 4
+    for c0 in range(row_start, row_end, _CHUNK):
+        c1 = min(c0 + _CHUNK, row_end)
+        _feature_cells(c0, c1, num_values, num_edges, num_n_edges, num_lut, num_lo, num_scale, num_steps,
+                       num_slot, cat_codes, cat_slot, feature_bins, cells)
+        for i in range(c0, c1):
+            # ---- slice codes of every dimension
+            unseen_any = False
             for d in range(Dd):
-                r = codes[d]
-                pair_h[r * 3 * F + fcell] += on_one + off_one
-                c = r * 3 * NC * 4 + ccell
-                same_c[c] += pf
-                same_c[c + 1] += p2f
-                same_c[c + 2] += llf
-                same_c[c + 3] += ll2f
-                faith_h[r, ton] += 1
-        else:
+                a = dim_a[d]
+                ia = col_index[a, i]
+                code = col_lut[a, ia] if ia >= 0 else col_null_code[a]
+                b = dim_b[d]
+                if b >= 0:
+                    ib = col_index[b, i]
+                    code = code * dim_b_size[d] + (col_lut[b, ib] if ib >= 0 else col_null_code[b])
+                codes[d] = dim_offsets[d] + code
+            # ---- label state
+            y = label[i]
+            if y == 1.0:
+                state = 1
+            elif y == 0.0:
+                state = 0
+            else:
+                state = 2
+            invalid_label = (y == y) and state == 2
+            # ---- online score (the replay's block below is its twin, written out: a shared inline
+            # helper measured 20% slower, its array arguments defeating LLVM's alias analysis)
+            s = np.float64(score[i])
+            valid = s >= 0.0 and s <= 1.0
+            fb = cb = 0
+            pf = p2f = llf = ll2f = np.int64(0)
             if valid:
+                fb = _key_bin(s, edges, n_score_edges, kmin, shift, lut, steps)
+                cb = fine_to_calib[fb]
+                p = s
+                pf = _fixed(p, p_scale)
+                p2f = _fixed(p * p, p_scale)
+                ll = 0.0
+                if state < 2:
+                    q = min(max(p, log_eps), 1.0 - log_eps)
+                    ll = -math.log(q) if state == 1 else -math.log1p(-q)
+                llf = _fixed(ll, ll_scale)
+                ll2f = _fixed(ll * ll, ll2_scale)
+            # ---- offline replay of the same request
+            valid_off = False
+            invalid_off = False
+            faithful = False
+            if paired:
+                o = np.float64(offline[i])
+                valid_off = o >= 0.0 and o <= 1.0
+                invalid_off = (o == o) and not valid_off
+                faithful = valid_off and valid and o == s
+            if faithful:
+                # the same score: the same bins and terms on both sides, a diagonal decision pair
+                ton = 0
+                for t in range(T):
+                    ton += s >= thresholds[t]
                 fcell = state * F + fb
                 ccell = (state * NC + cb) * 4
                 for d in range(Dd):
                     r = codes[d]
-                    pair_h[r * 3 * F + fcell] += on_one
+                    pair_h[r * 3 * F + fcell] += on_one + off_one
                     c = r * 3 * NC * 4 + ccell
-                    on_c[c] += pf
-                    on_c[c + 1] += p2f
-                    on_c[c + 2] += llf
-                    on_c[c + 3] += ll2f
-            if valid_off:
-                fo = _key_bin(o, edges, n_score_edges, kmin, shift, lut, steps)
-                co = fine_to_calib[fo]
-                of = _fixed(o, p_scale)
-                o2f = _fixed(o * o, p_scale)
-                llo = 0.0
-                if state < 2:
-                    q = min(max(o, log_eps), 1.0 - log_eps)
-                    llo = -math.log(q) if state == 1 else -math.log1p(-q)
-                llof = _fixed(llo, ll_scale)
-                llo2f = _fixed(llo * llo, ll2_scale)
-                fcell = state * F + fo
-                ccell = (state * NC + co) * 4
-                for d in range(Dd):
-                    r = codes[d]
-                    pair_h[r * 3 * F + fcell] += off_one
-                    c = r * 3 * NC * 4 + ccell
-                    off_c[c] += of
-                    off_c[c + 1] += o2f
-                    off_c[c + 2] += llof
-                    off_c[c + 3] += llo2f
+                    same_c[c] += pf
+                    same_c[c + 1] += p2f
+                    same_c[c + 2] += llf
+                    same_c[c + 3] += ll2f
+                    faith_h[r, ton] += 1
+            else:
                 if valid:
-                    ton = 0
-                    toff = 0
-                    for t in range(T):
-                        if s >= thresholds[t]:
-                            ton += 1
-                        if o >= thresholds[t]:
-                            toff += 1
-                    jc = ton * (T + 1) + toff
-                    dl = abs(s - o)
-                    db = _key_bin(dl, delta_edges, n_delta_edges, dkmin, dshift, dlut, dsteps)
-                    df = _fixed(dl, p_scale)
-                    d2f = _fixed(dl * dl, p_scale)
+                    fcell = state * F + fb
+                    ccell = (state * NC + cb) * 4
                     for d in range(Dd):
                         r = codes[d]
-                        joint_h[r, jc] += 1
-                        delta_h[0, r, db] += 1
-                        if df != 0 or d2f != 0:
-                            delta_h[1, r, db] += df
-                            delta_h[2, r, db] += d2f
-        # ---- value (revenue) per label state
-        if with_value:
-            w = value[i]
-            if w == w:
-                wf = _fixed(w, value_scale)
-                w2f = _fixed(w * w, value2_scale)
-                for d in range(Dd):
-                    r = codes[d]
-                    value_h[0, r, state] += 1
-                    value_h[1, r, state] += wf
-                    value_h[2, r, state] += w2f
-        # ---- features: each feature's cell within a slice's block, then one add per slice
-        for j in range(Jn):
-            v = np.float64(num_values[j, i])
-            if v != v:
-                fbin = num_n_edges[j] + 1  # the missing bin
-            else:
-                fbin = _uniform_bin(v, num_edges, j, num_n_edges[j], num_lut, num_lo[j], num_scale[j], num_steps[j])
-            feat_cells[j] = num_slot[j] * feature_bins + fbin
-        for j in range(Jc):
-            feat_cells[Jn + j] = cat_slot[j] * feature_bins + cat_codes[j, i]
-        for d in range(Dd):
-            base = codes[d] * FB
-            for j in range(Jn + Jc):
-                feat_h[base + feat_cells[j]] += 1
-        # ---- data quality: the row-level flags as a 6-bit pattern, expanded after the loop;
-        # unseen values (rare) per column directly (order: engine.stats.DQ_FLAGS)
-        pattern = (
-            np.int64(valid)
-            | (np.int64(valid_off) << 1)
-            | (np.int64(invalid_off) << 2)
-            | (np.int64(state < 2) << 3)
-            | (np.int64(invalid_label) << 4)
-            | (np.int64(key_null[i]) << 5)
-        )
-        for d in range(Dd):
-            pattern_h[codes[d], pattern] += 1
-        for a in range(C):
-            ia = col_index[a, i]
-            if ia >= 0 and col_unseen[a, ia]:
-                unseen_any = True
-                for d in range(Dd):
-                    dq_h[codes[d], 9 + a] += 1
-        for j in range(Jc):
-            if cat_unseen[j, i]:
-                unseen_any = True
-                for d in range(Dd):
-                    dq_h[codes[d], 9 + C + j] += 1
-        if unseen_any:
+                        pair_h[r * 3 * F + fcell] += on_one
+                        c = r * 3 * NC * 4 + ccell
+                        on_c[c] += pf
+                        on_c[c + 1] += p2f
+                        on_c[c + 2] += llf
+                        on_c[c + 3] += ll2f
+                if valid_off:
+                    fo = _key_bin(o, edges, n_score_edges, kmin, shift, lut, steps)
+                    co = fine_to_calib[fo]
+                    of = _fixed(o, p_scale)
+                    o2f = _fixed(o * o, p_scale)
+                    llo = 0.0
+                    if state < 2:
+                        q = min(max(o, log_eps), 1.0 - log_eps)
+                        llo = -math.log(q) if state == 1 else -math.log1p(-q)
+                    llof = _fixed(llo, ll_scale)
+                    llo2f = _fixed(llo * llo, ll2_scale)
+                    fcell = state * F + fo
+                    ccell = (state * NC + co) * 4
+                    for d in range(Dd):
+                        r = codes[d]
+                        pair_h[r * 3 * F + fcell] += off_one
+                        c = r * 3 * NC * 4 + ccell
+                        off_c[c] += of
+                        off_c[c + 1] += o2f
+                        off_c[c + 2] += llof
+                        off_c[c + 3] += llo2f
+                    if valid:
+                        ton = 0
+                        toff = 0
+                        for t in range(T):
+                            if s >= thresholds[t]:
+                                ton += 1
+                            if o >= thresholds[t]:
+                                toff += 1
+                        jc = ton * (T + 1) + toff
+                        dl = abs(s - o)
+                        db = _key_bin(dl, delta_edges, n_delta_edges, dkmin, dshift, dlut, dsteps)
+                        df = _fixed(dl, p_scale)
+                        d2f = _fixed(dl * dl, p_scale)
+                        for d in range(Dd):
+                            r = codes[d]
+                            joint_h[r, jc] += 1
+                            delta_h[0, r, db] += 1
+                            if df != 0 or d2f != 0:
+                                delta_h[1, r, db] += df
+                                delta_h[2, r, db] += d2f
+            # ---- value (revenue) per label state
+            if with_value:
+                w = value[i]
+                if w == w:
+                    wf = _fixed(w, value_scale)
+                    w2f = _fixed(w * w, value2_scale)
+                    for d in range(Dd):
+                        r = codes[d]
+                        value_h[0, r, state] += 1
+                        value_h[1, r, state] += wf
+                        value_h[2, r, state] += w2f
+            # ---- features (their cells computed for the chunk above): one add per slice
             for d in range(Dd):
-                dq_h[codes[d], 8] += 1
+                base = codes[d] * FB
+                for j in range(Jn + Jc):
+                    feat_h[base + cells[j, i - c0]] += 1
+            # ---- data quality: the row-level flags as a 6-bit pattern, expanded after the loop;
+            # unseen values (rare) per column directly (order: engine.stats.DQ_FLAGS)
+            pattern = (
+                np.int64(valid)
+                | (np.int64(valid_off) << 1)
+                | (np.int64(invalid_off) << 2)
+                | (np.int64(state < 2) << 3)
+                | (np.int64(invalid_label) << 4)
+                | (np.int64(key_null[i]) << 5)
+            )
+            for d in range(Dd):
+                pattern_h[codes[d], pattern] += 1
+            for a in range(C):
+                ia = col_index[a, i]
+                if ia >= 0 and col_unseen[a, ia]:
+                    unseen_any = True
+                    for d in range(Dd):
+                        dq_h[codes[d], 9 + a] += 1
+            for j in range(Jc):
+                if cat_unseen[j, i]:
+                    unseen_any = True
+                    for d in range(Dd):
+                        dq_h[codes[d], 9 + C + j] += 1
+            if unseen_any:
+                for d in range(Dd):
+                    dq_h[codes[d], 8] += 1
     # ---- back to the grids of engine.stats
     score_h = np.empty((n_raw, 3, F), dtype=np.int64)
     off_h = np.empty((n_raw, 3, F), dtype=np.int64)
