@@ -388,6 +388,13 @@ class Config(_Model):
     label_horizon: Duration | None = Field(
         None, description="How long outcomes may take to arrive (e.g. '7d')."
     )
+    partition_rows: Annotated[int, Strict(), Field(ge=1), _requires("an integer >= 1")] = Field(
+        2_000_000,
+        description=(
+            "Online rows per key bucket when a check is partitioned (on Dask, or with a "
+            "checkpoint); a bucket's rows are held in memory by the worker that joins it."
+        ),
+    )
     duckdb_memory_limit: MemorySize = Field(
         "4GB", description="DuckDB memory limit for joins (they spill to disk beyond it)."
     )

@@ -408,23 +408,8 @@ class TableSource:
                     writer.write_batch(batch)
             size = sink.size
         else:
-            assert self._fs is not None
-            for f in self.files:
-                rel = self._relative(f)
-                try:
-                    with self._fs.open_input_file(f) as fh:
-                        fsize = fh.size()
-                        h.update(f"{rel}\0{fsize}\0".encode())
-                        if self.format == "parquet":
-                            h.update(_parquet_footer(fh, fsize, f))
-                        else:
-                            while chunk := fh.read(_HASH_CHUNK):
-                                h.update(chunk)
-                except (pa.ArrowException, OSError) as exc:
-                    raise SchemaError(
-                        f"Could not read file '{f}' of {self.where}: {_short(exc)}"
-                    ) from exc
-                size += fsize
+            for i in range(len(self.files)):
+                size += self._hash_file(i, h)
         self._fingerprint = InputFingerprint(
             role=self.role,
             path=self.path,
@@ -434,6 +419,36 @@ class TableSource:
             content_hash=h.hexdigest(),
         )
         return self._fingerprint
+
+    def file_digest(self, index: int) -> str:
+        """The content fingerprint of one data file (``files[index]``): what
+        :meth:`fingerprint` hashes for it (relative path, size, Parquet footer or CSV bytes).
+
+        Returns
+        -------
+        str
+            A hex digest.
+        """
+        h = hashlib.sha256()
+        self._hash_file(index, h)
+        return h.hexdigest()
+
+    def _hash_file(self, index: int, h: Any) -> int:
+        """Feed one file's identity and content summary to ``h``; return its size."""
+        assert self._fs is not None
+        f = self.files[index]
+        try:
+            with self._fs.open_input_file(f) as fh:
+                fsize = fh.size()
+                h.update(f"{self._relative(f)}\0{fsize}\0".encode())
+                if self.format == "parquet":
+                    h.update(_parquet_footer(fh, fsize, f))
+                else:
+                    while chunk := fh.read(_HASH_CHUNK):
+                        h.update(chunk)
+        except (pa.ArrowException, OSError) as exc:
+            raise SchemaError(f"Could not read file '{f}' of {self.where}: {_short(exc)}") from exc
+        return int(fsize)
 
     def _relative(self, f: str) -> str:
         if self._base_dir and f.startswith(self._base_dir):

@@ -506,6 +506,23 @@ class JoinedStream:
         self.report = JoinReport()
         self._stream_error: ParityError | None = None
 
+    def columns_read(self) -> dict[str, list[str]]:
+        """The columns the join reads from each table it joins (what a partition must hold).
+
+        Returns
+        -------
+        dict
+            ``"online"`` always; ``"offline"`` / ``"outcomes"`` when they are joined.
+        """
+        spec = self.spec
+        cols = {"online": _unique(self.online_read + ([self.online_ts] if self.online_ts else []))}
+        if self.offline is not None:
+            cols["offline"] = _unique(self.keys + [spec.offline_score])
+        if self.outcomes is not None:
+            extra = [c for c in (spec.value, spec.outcome_ts) if c is not None]
+            cols["outcomes"] = _unique(self.keys + [spec.label] + extra)
+        return cols
+
     # ---------------------------------------------------------------------------- iteration
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:

@@ -6,6 +6,7 @@ record (inputs, fingerprints, seed, config hash) that goes into the result.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -15,12 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from engine import __version__
 from engine import measure as ME
 from engine import metrics as M
 from engine.bootstrap import CellBootstrap
+from engine.checkpoint import run_checkpointed
+from engine.cluster import client_for, count_column, is_dask_frame, run_job
 from engine.compare import Evidence, Judge, verdict
 from engine.config import Config, load_config
 from engine.encode import Layout, count_values, top_k_codes
@@ -29,7 +31,8 @@ from engine.expectation import Baseline
 from engine.io import TableSource, open_table
 from engine.join import JoinSpec, join
 from engine.result import CheckResult
-from engine.stats import KEY_NULL, Accumulator
+from engine.partition import BucketJob, Partial, accumulate_joined, key_kinds, n_buckets_for
+from engine.stats import Accumulator
 from kernels import get_kernels
 
 
@@ -50,17 +53,6 @@ def _resolve_config(bl: Baseline, config: Config | str | os.PathLike | None, ove
     return cfg.with_overrides(**frozen, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _with_key_null(batch: pa.RecordBatch, keys: list[str]) -> pa.RecordBatch:
-    null = None
-    for k in keys:
-        col = batch.column(k)
-        m = pc.is_null(col)
-        null = m if null is None else pc.or_(null, m)
-    if null is None:
-        null = pa.array(np.zeros(batch.num_rows, dtype=bool))
-    return pa.RecordBatch.from_arrays(list(batch.columns) + [null], names=list(batch.schema.names) + [KEY_NULL])
-
-
 def run_check(
     baseline: Baseline | str | os.PathLike,
     online: Any,
@@ -79,13 +71,18 @@ def run_check(
     config: Config | str | os.PathLike | None = None,
     meta: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    scheduler: Any = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> CheckResult:
     """Compare online traffic (and its replay and outcomes) with a baseline.
 
     Parameters
     ----------
     baseline : Baseline or path of a baseline directory
-    online, offline, outcomes : path, pyarrow.Table or pandas.DataFrame
+    online, offline, outcomes : path, pyarrow.Table, pandas.DataFrame or dask DataFrame
+        A Dask DataFrame runs the check on a Dask cluster (``scheduler``, or the current
+        ``distributed`` client). Dask DataFrames indexed by the (single) key with the same
+        known divisions are taken as co-partitioned: nothing is shuffled.
     keys : list of str, optional
         Join key (composite when several); default from the config (``request_id``).
     score, offline_score, label : str, optional
@@ -103,7 +100,17 @@ def run_check(
     meta : dict, optional
         ``--meta key=value`` pairs, recorded in the run.
     progress : callable, optional
-        Called after each batch with (rows accumulated so far, online rows in all).
+        Called after each batch (each key bucket when partitioned) with (online rows done,
+        online rows in all). On Dask, any callable turns on Dask's own progress bar instead.
+    scheduler : str or distributed.Client, optional
+        Run on Dask: ``"local"`` (a ``LocalCluster``, one worker process per core), a
+        scheduler address (``"tcp://host:8786"``), or a ``Client``. The inputs are split by a
+        hash of the key into buckets of about ``partition_rows`` online rows, each bucket is
+        joined and accumulated by a worker, and the statistics are merged: the result equals
+        the single-process one exactly (see :mod:`engine.partition`).
+    checkpoint : path, optional
+        Run partitioned in this process, recording progress in this directory; a run killed
+        and started again with the same arguments resumes (see :mod:`engine.checkpoint`).
 
     Returns
     -------
@@ -130,36 +137,62 @@ def run_check(
             f"Remove --window / the 'window' option (got {window or cfg.window!r})."
         )
     kernels = get_kernels(backend)
-    layout = bl.layout
-    cols = cfg.columns
+    given = {"online": online, "offline": offline, "outcomes": outcomes}
+    if scheduler is None and any(is_dask_frame(x) for x in given.values()):
+        scheduler = _current_client()
+    if scheduler is not None and checkpoint is not None:
+        raise ConfigError(
+            "--checkpoint is for single-process runs; on a Dask cluster a lost task is "
+            "simply run again. Use one or the other."
+        )
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(client_for(scheduler)) if scheduler is not None else None
+        sources = {side: _open(x, side) for side, x in given.items() if x is not None}
+        src_on, src_off, src_out = (sources.get(s) for s in ("online", "offline", "outcomes"))
+        base_layout = bl.layout
+        layout = _with_model_version(bl.layout, cfg, src_on, given["online"], client)
+        spec = _join_spec(cfg, layout, src_on, src_off, src_out)
+        has_offline = src_off is not None or spec.online_offline_score is not None
+        has_outcomes = src_out is not None or spec.online_label is not None
+        with_value = spec.value is not None and bool(bl.manifest.get("has_value"))
+        if not with_value:
+            spec.value = None
+        stream = join(
+            src_on, src_off, src_out, spec,
+            batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
+        )
+        acc = Accumulator(layout, kernels, paired=has_offline, with_value=with_value)
+        execution: dict[str, Any] = {"mode": "stream"}
+        if client is None and checkpoint is None:
+            done = 0
 
-    src_on = open_table(online, "online")
-    src_off = open_table(offline, "offline") if offline is not None else None
-    src_out = open_table(outcomes, "outcomes") if outcomes is not None else None
-    base_layout = layout
-    layout = _with_model_version(layout, cfg, src_on)
-    spec = _join_spec(cfg, layout, src_on, src_off, src_out)
-    has_offline = src_off is not None or spec.online_offline_score is not None
-    has_outcomes = src_out is not None or spec.online_label is not None
-    with_value = spec.value is not None and bool(bl.manifest.get("has_value"))
-    if not with_value:
-        spec.value = None
+            def advance(rows: int) -> None:
+                nonlocal done
+                done += rows
+                if progress is not None:
+                    progress(done, stream.report.online_rows)
 
-    stream = join(
-        src_on, src_off, src_out, spec,
-        batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
-    )
-    acc = Accumulator(layout, kernels, paired=has_offline, with_value=with_value)
-    stats = acc.zero()
-    done = 0
-    for batch in stream:
-        if not batch.num_rows:
-            continue
-        stats = acc.update(stats, _with_key_null(batch, spec.keys))
-        done += batch.num_rows
-        if progress is not None:
-            progress(done, stream.report.online_rows)
-    report = stream.report
+            partial = Partial(accumulate_joined(stream, acc, advance), stream.report)
+        else:
+            joined = {s: given[s] if client is not None and is_dask_frame(given[s]) else sources[s]
+                      for s in stream.columns_read()}
+            job = _bucket_job(stream, cfg, layout, backend, has_offline, with_value, sources, given)
+            if client is not None:
+                partial = run_job(client, job, joined, progress=progress is not None)
+                execution = {"mode": "dask", "scheduler": _scheduler_name(client), "buckets": job.n_buckets}
+            else:
+                total = src_on.count_rows()
+                done = 0
+
+                def advance(rows: int) -> None:
+                    nonlocal done
+                    done += rows
+                    if progress is not None:
+                        progress(done, total)
+
+                partial, info = run_checkpointed(job, joined, checkpoint, baseline_id=bl.id, progress=advance)
+                execution = {"mode": "checkpoint", **info}
+    stats, report = partial.stats, partial.report
 
     g_on = ME.grids_from_statistics(stats, layout)
     g_base = ME.grids_from_statistics(bl.statistics, base_layout)
@@ -202,10 +235,7 @@ def run_check(
     )
     findings = Judge(layout, cfg).findings(evidence)
 
-    inputs = []
-    for src in (src_on, src_off, src_out):
-        if src is not None:
-            inputs.append(src.fingerprint().to_dict())
+    inputs = [_input_record(side, given[side], src, report) for side, src in sources.items()]
     run = {
         "id": uuid.uuid4().hex[:16],
         "started_at": started.isoformat().replace("+00:00", "Z"),
@@ -220,6 +250,7 @@ def run_check(
         "meta": dict(meta or {}),
         "duration_s": round(time.perf_counter() - t0, 3),
         "joins": {"offline": report.offline_join, "outcomes": report.outcome_join},
+        "execution": execution,
     }
     whole = {name: int(g_on.dq[0, q]) for q, name in enumerate(acc.dq_flags)}
     data_quality = {
@@ -239,19 +270,90 @@ def run_check(
     return CheckResult(verdict(findings), findings, run, data_quality)
 
 
-def _with_model_version(layout: Layout, cfg: Config, src_on: TableSource) -> Layout:
+def _with_model_version(
+    layout: Layout, cfg: Config, src_on: TableSource, online: Any, client: Any = None
+) -> Layout:
     """The layout plus the online ``model_version`` column as a slice, when there is one.
 
     Logs that mix versions during a rollout are compared per version (DESIGN section 7). The
-    versions are read from the online table (one column, a cheap pre-pass) since the
-    evaluation data usually holds one; every version is compared with the baseline's
-    population.
+    versions are read from the online table (one column, a cheap pre-pass; on the cluster
+    when there is one) since the evaluation data usually holds one; every version is
+    compared with the baseline's population.
     """
     column = cfg.columns.online.model_version
     if column is None or not src_on.has(column) or column in layout.slice_columns:
         return layout
-    counts = count_values(src_on.batches([column], batch_size=cfg.batch_size), column)
+    if client is not None:
+        counts = count_column(client, online if is_dask_frame(online) else src_on, column)
+    else:
+        counts = count_values(src_on.batches([column], batch_size=cfg.batch_size), column)
     return layout.with_slice_column(column, top_k_codes(counts, cfg.top_k))
+
+
+def _open(table: Any, role: str) -> TableSource:
+    """The input as a TableSource; a Dask DataFrame as its (empty) schema, for the checks."""
+    if is_dask_frame(table):
+        meta = table._meta_nonempty
+        if table.index.name is not None and table.index.name not in meta.columns:
+            meta = meta.reset_index()  # a key kept as the index (co-partitioned inputs)
+        return open_table(pa.Schema.from_pandas(meta, preserve_index=False).empty_table(), role)
+    return open_table(table, role)
+
+
+def _current_client() -> Any:
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(
+            "Dask DataFrame inputs need a Dask cluster: create a distributed.Client first, or "
+            "pass scheduler='local' or a scheduler address."
+        ) from exc
+
+
+def _scheduler_name(client: Any) -> str:
+    address = getattr(getattr(client, "scheduler", None), "address", None)
+    return str(address or "local")
+
+
+def _input_record(side: str, given: Any, src: TableSource, report: Any) -> dict[str, Any]:
+    """The run record's fingerprint of one input (a Dask DataFrame: its Dask token)."""
+    if not is_dask_frame(given):
+        return src.fingerprint().to_dict()
+    from dask.base import tokenize
+
+    rows = {"online": report.online_rows, "offline": report.offline_rows, "outcomes": report.outcome_rows}
+    record = src.fingerprint().to_dict()
+    record.update(path="<dask>", rows=int(rows[side]), content_hash=tokenize(given))
+    return record
+
+
+def _bucket_job(
+    stream: Any, cfg: Config, layout: Layout, backend: str, paired: bool, with_value: bool,
+    sources: dict[str, TableSource], given: dict[str, Any],
+) -> BucketJob:
+    """The partitioned plan's job: what every bucket's work needs, and how many buckets."""
+    columns = stream.columns_read()
+    joined = [sources[s] for s in columns]
+    online = given["online"]
+    if is_dask_frame(online):
+        n_buckets = online.npartitions
+    else:
+        n_buckets = n_buckets_for(sources["online"].count_rows(), cfg.partition_rows)
+    return BucketJob(
+        layout=layout,
+        spec=stream.spec,
+        backend=backend,
+        paired=paired,
+        with_value=with_value,
+        columns=columns,
+        key_kinds=key_kinds(stream.spec.keys, joined),
+        n_buckets=n_buckets,
+        batch_size=cfg.batch_size,
+        memory_limit=cfg.duckdb_memory_limit,
+        schemas={s: pa.schema([sources[s].schema.field(c) for c in cols]) for s, cols in columns.items()},
+    )
 
 
 def _baseline_slice_index(layout: Layout, base_layout: Layout) -> np.ndarray:

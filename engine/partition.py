@@ -1,0 +1,430 @@
+"""Partitioned execution: cut one check into independent, pure pieces of work.
+
+A check over billions of rows, on a Dask cluster or as a long single-process job that must
+survive being killed, is cut the way a Grace hash join is:
+
+1. **split**: each *fragment* of each input (a file, or a slice of an in-memory table, or a
+   Dask partition) is read once, with only the columns the check needs, and cut into
+   ``n_buckets`` pieces by a hash of the join key (:func:`bucket_of`). A key lands in the
+   same bucket in every table, whatever its Arrow type there (integers, floats, strings,
+   timestamps: see :func:`bucket_of`).
+2. **join and accumulate** each bucket: the pieces of the bucket are joined with the very
+   join of a single-process run (:mod:`engine.join`, DuckDB) and accumulated
+   (:class:`engine.stats.Accumulator`). Every row of a key is in one bucket, so the duplicate
+   rule and the join accounting are exactly the single-process ones.
+3. **merge**: statistics and join counts add up (:meth:`Partial.add_`), in any order.
+
+So the result equals the single-process result exactly, for any number of buckets, workers
+or fragments. Each step is a pure function of its inputs: a task that is lost (a killed
+worker) is simply run again, and a bucket's result can be stored and reused (a checkpoint).
+
+Dask's own ``merge`` is not used for step 2 because it multiplies the rows of a duplicated
+key and knows nothing of the duplicate rule; the bucket split is the same hash partitioning
+``merge`` does before joining partition by partition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.encode import Layout
+from engine.errors import SchemaError
+from engine.io import TableSource, open_table
+from engine.join import JoinReport, JoinSpec, JoinedStream
+from engine.stats import KEY_NULL, Accumulator, Statistics
+from kernels import get_kernels
+
+__all__ = [
+    "BucketJob",
+    "Fragment",
+    "Partial",
+    "accumulate_joined",
+    "bucket_of",
+    "fragments",
+    "join_bucket",
+    "merge_partials",
+    "split_table",
+]
+
+SIDES = ("online", "offline", "outcomes")
+
+#: Rows per fragment when an in-memory table is cut into fragments.
+MEMORY_FRAGMENT_ROWS = 1 << 22
+
+
+# ------------------------------------------------------------------------------ the unit
+
+
+def with_key_null(batch: pa.RecordBatch, keys: Sequence[str]) -> pa.RecordBatch:
+    """``batch`` plus the ``__key_null`` column the accumulator counts null keys from."""
+    null = None
+    for k in keys:
+        m = pc.is_null(batch.column(k))
+        null = m if null is None else pc.or_(null, m)
+    if null is None:
+        null = pa.array(np.zeros(batch.num_rows, dtype=bool))
+    return pa.RecordBatch.from_arrays(
+        list(batch.columns) + [null], names=list(batch.schema.names) + [KEY_NULL]
+    )
+
+
+def accumulate_joined(
+    stream: JoinedStream,
+    acc: Accumulator,
+    progress: Callable[[int], None] | None = None,
+) -> Statistics:
+    """Run a join and accumulate every joined batch.
+
+    Parameters
+    ----------
+    stream : JoinedStream
+    acc : Accumulator
+    progress : callable, optional
+        Called with the number of rows of each accumulated batch.
+
+    Returns
+    -------
+    Statistics
+        ``stream.report`` is complete afterwards.
+    """
+    stats = acc.zero()
+    for batch in stream:
+        if not batch.num_rows:
+            continue
+        acc.update(stats, with_key_null(batch, stream.spec.keys))
+        if progress is not None:
+            progress(batch.num_rows)
+    return stats
+
+
+@dataclass
+class Partial:
+    """What one bucket (or a merge of buckets) contributes: statistics and join counts."""
+
+    stats: Statistics
+    report: JoinReport
+
+    def add_(self, other: "Partial") -> "Partial":
+        """Add ``other`` into this partial in place (exact, commutative, associative)."""
+        self.stats.add_(other.stats)
+        a, b = self.report, other.report
+        for name in (
+            "online_rows", "offline_rows", "outcome_rows", "matched_offline",
+            "matched_outcomes", "offline_without_online", "null_keys",
+        ):
+            setattr(a, name, getattr(a, name) + getattr(b, name))
+        for side, n in b.duplicate_keys.items():
+            a.duplicate_keys[side] = a.duplicate_keys.get(side, 0) + n
+        # an aligned bucket and a hashed one make a hashed whole
+        a.offline_join = a.offline_join if a.offline_join == b.offline_join else "hash"
+        a.outcome_join = a.outcome_join if a.outcome_join == b.outcome_join else "hash"
+        a.complete = a.complete and b.complete
+        return self
+
+
+def merge_partials(partials: Iterable[Partial]) -> Partial:
+    """The sum of several partials (a new object; the inputs are not modified)."""
+    it = iter(partials)
+    first = next(it)
+    total = Partial(first.stats.copy(), replace(first.report, duplicate_keys=dict(first.report.duplicate_keys)))
+    for p in it:
+        total.add_(p)
+    return total
+
+
+@dataclass(frozen=True)
+class BucketJob:
+    """Everything the work on one bucket needs, picklable (it travels to Dask workers).
+
+    Attributes
+    ----------
+    layout : Layout
+        The baseline's layout (with the ``model_version`` slice when the run adds one).
+    spec : JoinSpec
+    backend : str
+        ``"auto" | "cpu" | "gpu"``: resolved on the worker, so GPU workers use their GPU.
+    paired, with_value : bool
+        Whether the accumulator holds the replay's grids / the value sums.
+    columns : dict
+        ``side -> columns read`` for every table of the run.
+    key_kinds : tuple of str
+        How each key column is hashed (see :func:`bucket_of`).
+    n_buckets : int
+    batch_size : int
+    memory_limit : str, optional
+        DuckDB's memory limit inside one bucket's join.
+    threads : int, optional
+        DuckDB threads inside one bucket's join (default: every core).
+    schemas : dict
+        ``side -> pyarrow.Schema`` of the columns read (pieces are cast to it).
+    """
+
+    layout: Layout
+    spec: JoinSpec
+    backend: str
+    paired: bool
+    with_value: bool
+    columns: dict[str, list[str]]
+    key_kinds: tuple[str, ...]
+    n_buckets: int
+    batch_size: int = 1 << 20
+    memory_limit: str | None = None
+    threads: int | None = None
+    schemas: dict[str, pa.Schema] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- bucketing by key
+
+
+def key_kinds(keys: Sequence[str], sources: Sequence[TableSource]) -> tuple[str, ...]:
+    """How each key column is hashed so that equal keys of every table share a bucket.
+
+    DuckDB joins an integer key with a float key by value, so a key that is a float or a
+    decimal in any table is hashed as a float64 everywhere; integer keys as int64; strings
+    and binaries by their bytes; dates and timestamps as microseconds.
+    """
+    kinds = []
+    for k in keys:
+        types = []
+        for src in sources:
+            t = src.schema.field(k).type
+            types.append(t.value_type if pa.types.is_dictionary(t) else t)
+        if any(pa.types.is_floating(t) or pa.types.is_decimal(t) for t in types):
+            kinds.append("float")
+        elif all(pa.types.is_integer(t) or pa.types.is_null(t) for t in types):
+            kinds.append("int")
+        elif any(pa.types.is_timestamp(t) or pa.types.is_date(t) for t in types):
+            kinds.append("time")
+        else:
+            kinds.append("bytes")
+    return tuple(kinds)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised (uint64 in, uint64 out)."""
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _fnv1a(offsets: np.ndarray, data: np.ndarray, out: np.ndarray) -> None:
+    for i in range(out.size):
+        h = np.uint64(0xCBF29CE484222325)
+        for j in range(offsets[i], offsets[i + 1]):
+            h = (h ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
+        out[i] = h
+
+
+def _column_hash(col: pa.Array, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint64 hash, valid mask)`` of one key column."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    n = len(col)
+    valid = col.is_valid().to_numpy(zero_copy_only=False) if col.null_count else np.ones(n, bool)
+    if kind == "bytes":
+        arr = pc.cast(col, pa.large_binary()) if not pa.types.is_large_binary(col.type) else col
+        arr = pc.fill_null(arr, b"") if arr.null_count else arr
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+        data = arr.buffers()[2]
+        data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+        out = np.empty(n, dtype=np.uint64)
+        _fnv1a(offsets, data, out)
+        return out, valid
+    if kind == "float":
+        x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        x = np.where(valid, x, 0.0) + 0.0  # -0.0 joins 0.0: give them one hash
+        return x.view(np.uint64), valid
+    if kind == "time":
+        col = pc.cast(col, pa.timestamp("us", tz=getattr(col.type, "tz", None)))
+    x = pc.cast(col, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    return x.astype(np.int64, copy=False).view(np.uint64), valid
+
+
+def bucket_of(table: pa.Table | pa.RecordBatch, keys: Sequence[str], kinds: Sequence[str], n_buckets: int) -> np.ndarray:
+    """The bucket of each row: a hash of its key, modulo ``n_buckets`` (int64).
+
+    Rows with a null key component all go to bucket 0 (they never match, so any one bucket
+    will do, as long as it is always the same).
+    """
+    n = table.num_rows
+    if not keys or n_buckets == 1:
+        return np.zeros(n, dtype=np.int64)
+    h = np.zeros(n, dtype=np.uint64)
+    valid = np.ones(n, dtype=bool)
+    for k, kind in zip(keys, kinds):
+        hk, vk = _column_hash(table.column(k), kind)
+        h = _mix(h ^ _mix(hk))
+        valid &= vk
+    bucket = (h % np.uint64(n_buckets)).astype(np.int64)
+    bucket[~valid] = 0
+    return bucket
+
+
+def split_table(table: pa.Table, keys: Sequence[str], kinds: Sequence[str], n_buckets: int) -> list[pa.Table]:
+    """Cut ``table`` into ``n_buckets`` tables by :func:`bucket_of` (row order kept)."""
+    if n_buckets == 1:
+        return [table]
+    bucket = bucket_of(table, keys, kinds, n_buckets)
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+    ordered = table.take(pa.array(order))
+    return [ordered.slice(bounds[j], bounds[j + 1] - bounds[j]) for j in range(n_buckets)]
+
+
+# ------------------------------------------------------------------------------- fragments
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One readable part of an input: a file of a dataset, or rows of an in-memory table.
+
+    Attributes
+    ----------
+    side : str
+        ``"online" | "offline" | "outcomes"``.
+    source : TableSource
+    index : int
+        The file's position in ``source.files``; -1 for an in-memory table.
+    rows : tuple of int
+        ``(start, stop)`` rows of an in-memory table.
+    """
+
+    side: str
+    source: TableSource
+    index: int = -1
+    rows: tuple[int, int] = (0, 0)
+
+    @property
+    def name(self) -> str:
+        """The file path, or ``"<memory>[start:stop]"``."""
+        if self.index >= 0:
+            return self.source.files[self.index]
+        return f"<memory>[{self.rows[0]}:{self.rows[1]}]"
+
+    def read(self, columns: Sequence[str], schema: pa.Schema | None = None) -> pa.Table:
+        """The fragment's ``columns`` (hive partition columns included), cast to ``schema``."""
+        src = self.source
+        try:
+            if self.index >= 0:
+                frag = _dataset_fragment(src, self.index)
+                table = frag.to_table(schema=src.dataset.schema, columns=list(columns))
+            else:
+                table = src.dataset.to_table(columns=list(columns)).slice(
+                    self.rows[0], self.rows[1] - self.rows[0]
+                )
+        except (pa.ArrowException, OSError) as exc:
+            raise SchemaError(f"Could not read '{self.name}' of {src.where}: {exc}") from exc
+        return table.cast(schema) if schema is not None and table.schema != schema else table
+
+    def digest(self) -> str:
+        """A content fingerprint of this fragment (see :meth:`TableSource.file_digest`)."""
+        if self.index >= 0:
+            return self.source.file_digest(self.index)
+        return f"{self.source.fingerprint().content_hash}:{self.rows[0]}:{self.rows[1]}"
+
+
+def _dataset_fragment(src: TableSource, index: int) -> Any:
+    path = src.files[index]
+    for frag in src.dataset.get_fragments():
+        if frag.path == path:
+            return frag
+    raise SchemaError(f"The file '{path}' of {src.where} disappeared while it was read.")
+
+
+def fragments(side: str, src: TableSource, rows: int = MEMORY_FRAGMENT_ROWS) -> list[Fragment]:
+    """The fragments of one input: its files, or ``rows``-row slices of an in-memory table."""
+    if src.files:
+        return [Fragment(side, src, i) for i in range(len(src.files))]
+    n = src.count_rows()
+    return [Fragment(side, src, -1, (a, min(n, a + rows))) for a in range(0, max(n, 1), rows)]
+
+
+def split_fragment(job: BucketJob, fragment: Fragment | Any, side: str) -> list[pa.Table]:
+    """Read one fragment (or a pandas partition of a Dask DataFrame) and split it by bucket."""
+    schema = job.schemas.get(side)
+    if isinstance(fragment, Fragment):
+        table = fragment.read(job.columns[side], schema)
+    else:  # a pandas DataFrame: a partition of a Dask DataFrame
+        table = pa.Table.from_pandas(fragment[job.columns[side]], preserve_index=False)
+        if schema is not None:
+            table = table.cast(schema)
+    return split_table(table, job.spec.keys, job.key_kinds, job.n_buckets)
+
+
+# --------------------------------------------------------------------- one bucket's work
+
+
+def join_bucket(
+    job: BucketJob,
+    online: Sequence[pa.Table],
+    offline: Sequence[pa.Table] | None = None,
+    outcomes: Sequence[pa.Table] | None = None,
+) -> Partial:
+    """Join the pieces of one bucket and accumulate them: the bucket's :class:`Partial`.
+
+    Parameters
+    ----------
+    job : BucketJob
+    online, offline, outcomes : sequences of pyarrow.Table
+        The bucket's pieces of each table (from every fragment); None for a table the run
+        does not join.
+
+    Returns
+    -------
+    Partial
+    """
+    def table(side: str, pieces: Sequence[pa.Table] | None) -> TableSource | None:
+        if pieces is None:
+            return None
+        pieces = [p for p in pieces if p.num_rows] or list(pieces[:1])
+        if not pieces:
+            return open_table(job.schemas[side].empty_table(), side)
+        return open_table(_aligned(pa.concat_tables(pieces, promote_options="permissive")), side)
+
+    stream = JoinedStream(
+        table("online", online),  # type: ignore[arg-type]
+        table("offline", offline),
+        table("outcomes", outcomes),
+        job.spec,
+        batch_size=job.batch_size,
+        memory_limit=job.memory_limit,
+        threads=job.threads,
+    )
+    acc = Accumulator(job.layout, get_kernels(job.backend), paired=job.paired, with_value=job.with_value)
+    stats = accumulate_joined(stream, acc)
+    return Partial(stats, stream.report)
+
+
+def _aligned(table: pa.Table) -> pa.Table:
+    """``table``, copied when a buffer is not 64-byte aligned (pieces deserialised from a
+    Dask worker's network frames can be; Arrow's scanners warn about and may mishandle
+    such buffers)."""
+    for column in table.columns:
+        for chunk in column.chunks:
+            if any(b is not None and b.address % 64 for b in chunk.buffers()):
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, table.schema) as writer:
+                    writer.write_table(table)
+                return pa.ipc.open_stream(sink.getvalue()).read_all()
+    return table
+
+
+def n_buckets_for(rows: int, partition_rows: int) -> int:
+    """Buckets of about ``partition_rows`` online rows each (at least one)."""
+    return max(1, math.ceil(rows / max(1, partition_rows)))
