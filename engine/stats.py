@@ -141,12 +141,15 @@ class Statistics:
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     rows: int = 0
 
-    def merge(self, other: "Statistics") -> "Statistics":
-        """Cell-wise sum (a commutative monoid: ``zero`` is the identity); a new object."""
-        merged = Statistics(
+    def copy(self) -> "Statistics":
+        """An independent copy."""
+        return Statistics(
             self.layout_id, self.n_raw, self.whole_from, {k: v.copy() for k, v in self.raw.items()}, self.rows
         )
-        return merged.add_(other)
+
+    def merge(self, other: "Statistics") -> "Statistics":
+        """Cell-wise sum (a commutative monoid: ``zero`` is the identity); a new object."""
+        return self.copy().add_(other)
 
     def add_(self, other: "Statistics") -> "Statistics":
         """Add ``other`` into these statistics in place (the accumulate loop's merge)."""
