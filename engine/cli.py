@@ -216,7 +216,8 @@ def check_cmd(
     time: Annotated[Optional[str], typer.Option("--time", help="Online time column.")] = None,
     window: Annotated[Optional[str], typer.Option("--window", help="Window duration (e.g. 1h, 1d).")] = None,
     backend: Annotated[str, typer.Option("--backend", help="auto|cpu|gpu")] = "auto",
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Dask scheduler ADDRESS or 'local'.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on Dask: 'local' (a LocalCluster) or a scheduler ADDRESS (tcp://host:8786).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Record progress in this directory; a killed run started again with the same arguments resumes.")] = None,
     bootstrap: Annotated[Optional[int], typer.Option("--bootstrap", help="Bootstrap replicates (0: none).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Bootstrap seed.")] = None,
     config: Annotated[Optional[str], typer.Option("--config", help="YAML config file.")] = None,
@@ -248,12 +249,7 @@ def check_cmd(
         for path, what in ((json_out, "the JSON result"), (findings, "the findings"), (report, "the report")):
             _output_path(path, what)
         _output_path(history, "the run history", directory=True)
-        if scheduler is not None:
-            raise ConfigError(
-                f"The '--scheduler' option ({scheduler!r}) needs the Dask backend, which is not built yet; "
-                "run without it (single process)."
-            )
-        with _progress(quiet) as progress:
+        with _progress(quiet, dask=scheduler is not None) as progress:
             result = run_check(
                 baseline,
                 online,
@@ -271,6 +267,8 @@ def check_cmd(
                 config=config,
                 meta=meta_pairs,
                 progress=progress,
+                scheduler=scheduler,
+                checkpoint=checkpoint,
             )
         if json_out:
             _write(result.write_json, json_out, "the JSON result")
@@ -289,10 +287,17 @@ def check_cmd(
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar (rows done, rate, ETA) on a terminal; silent otherwise or with --quiet."""
+def _progress(quiet: bool, dask: bool = False) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar (rows done, rate, ETA) on a terminal; silent otherwise or with --quiet.
+
+    On Dask the bar is Dask's own (tasks done), which ``run_check`` shows when it is given
+    any progress callable.
+    """
     if quiet or not sys.stdout.isatty():
         yield None
+        return
+    if dask:
+        yield lambda done, total: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

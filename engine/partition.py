@@ -180,6 +180,33 @@ class BucketJob:
     threads: int | None = None
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
 
+    @classmethod
+    def for_join(cls, stream: JoinedStream, layout: Layout, n_buckets: int, **options: Any) -> "BucketJob":
+        """The job of a join's partitioned plan: the columns, key kinds and schemas it reads.
+
+        Parameters
+        ----------
+        stream : JoinedStream
+            The join as a single process would run it (built, not iterated).
+        layout : Layout
+        n_buckets : int
+        **options
+            ``backend``, ``paired``, ``with_value``, ``batch_size``, ``memory_limit``,
+            ``threads``.
+        """
+        columns = stream.columns_read()
+        sources = {"online": stream.online, "offline": stream.offline, "outcomes": stream.outcomes}
+        joined = {s: sources[s] for s in columns}
+        return cls(
+            layout=layout,
+            spec=stream.spec,
+            columns=columns,
+            key_kinds=key_kinds(stream.spec.keys, list(joined.values())),
+            n_buckets=n_buckets,
+            schemas={s: pa.schema([joined[s].schema.field(c) for c in cols]) for s, cols in columns.items()},
+            **{"backend": "auto", "paired": False, "with_value": False, **options},
+        )
+
 
 # ---------------------------------------------------------------------- bucketing by key
 

@@ -31,7 +31,7 @@ from engine.expectation import Baseline
 from engine.io import TableSource, open_table
 from engine.join import JoinSpec, join
 from engine.result import CheckResult
-from engine.partition import BucketJob, Partial, accumulate_joined, key_kinds, n_buckets_for
+from engine.partition import BucketJob, Partial, accumulate_joined, n_buckets_for
 from engine.stats import Accumulator
 from kernels import get_kernels
 
@@ -176,7 +176,10 @@ def run_check(
         else:
             joined = {s: given[s] if client is not None and is_dask_frame(given[s]) else sources[s]
                       for s in stream.columns_read()}
-            job = _bucket_job(stream, cfg, layout, backend, has_offline, with_value, sources, given)
+            job = _bucket_job(
+                stream, cfg, layout, given["online"],
+                backend=backend, paired=has_offline, with_value=with_value,
+            )
             if client is not None:
                 partial = run_job(client, job, joined, progress=progress is not None)
                 execution = {"mode": "dask", "scheduler": _scheduler_name(client), "buckets": job.n_buckets}
@@ -329,30 +332,16 @@ def _input_record(side: str, given: Any, src: TableSource, report: Any) -> dict[
     return record
 
 
-def _bucket_job(
-    stream: Any, cfg: Config, layout: Layout, backend: str, paired: bool, with_value: bool,
-    sources: dict[str, TableSource], given: dict[str, Any],
-) -> BucketJob:
-    """The partitioned plan's job: what every bucket's work needs, and how many buckets."""
-    columns = stream.columns_read()
-    joined = [sources[s] for s in columns]
-    online = given["online"]
+def _bucket_job(stream: Any, cfg: Config, layout: Layout, online: Any, **options: Any) -> BucketJob:
+    """The partitioned plan's job, with buckets of about ``partition_rows`` online rows (a
+    Dask DataFrame: one bucket per partition)."""
     if is_dask_frame(online):
         n_buckets = online.npartitions
     else:
-        n_buckets = n_buckets_for(sources["online"].count_rows(), cfg.partition_rows)
-    return BucketJob(
-        layout=layout,
-        spec=stream.spec,
-        backend=backend,
-        paired=paired,
-        with_value=with_value,
-        columns=columns,
-        key_kinds=key_kinds(stream.spec.keys, joined),
-        n_buckets=n_buckets,
-        batch_size=cfg.batch_size,
-        memory_limit=cfg.duckdb_memory_limit,
-        schemas={s: pa.schema([sources[s].schema.field(c) for c in cols]) for s, cols in columns.items()},
+        n_buckets = n_buckets_for(stream.online.count_rows(), cfg.partition_rows)
+    return BucketJob.for_join(
+        stream, layout, n_buckets,
+        batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit, **options,
     )
 
 
