@@ -133,6 +133,31 @@ def _feature_cells(
 
 
 @njit(nogil=True, cache=True)
+def _score_bins(c0, c1, values, padded, n_edges, kmin, shift, lut, steps, out):
+    """``out[i - c0]``: the fine bin of ``values[i]`` for a score in [0, 1], else -1.
+
+    The bins of :func:`_key_bin`, written as branch-free loops over the chunk (the table
+    lookup, then the fixed compare-and-add steps) so that they vectorise: the table lookups
+    of many rows are then in flight at once rather than one row's chain at a time.
+    """
+    n_lut = np.uint64(lut.shape[0])
+    for k in range(c1 - c0):
+        bits = np.float64(values[c0 + k]).view(np.uint64)
+        key = ~bits if (bits & _TOP) else (bits | _TOP)
+        below = key < kmin
+        cell = np.uint64(0) if below else (key - kmin) >> shift
+        code = lut[min(cell, n_lut - np.uint64(1))]
+        code = n_edges if cell >= n_lut else code
+        out[k] = 0 if below else code
+    for _ in range(steps):
+        for k in range(c1 - c0):
+            out[k] += np.float64(values[c0 + k]) >= padded[out[k]]
+    for k in range(c1 - c0):
+        v = np.float64(values[c0 + k])
+        out[k] = min(out[k], n_edges) if (v >= 0.0 and v <= 1.0) else -1
+
+
+@njit(nogil=True, cache=True)
 def _accumulate_range(
     row_start,
     row_end,
@@ -225,12 +250,14 @@ def _accumulate_range(
     value_h = np.zeros((3, n_raw, 3), dtype=np.int64)
     codes = np.empty(Dd, dtype=np.int64)
     cells = np.empty((Jn + Jc, _CHUNK), dtype=np.int32)
+    score_bins = np.empty(_CHUNK, dtype=np.int32)
     on_one = np.int64(1)
     off_one = np.int64(1) << 32
     for c0 in range(row_start, row_end, _CHUNK):
         c1 = min(c0 + _CHUNK, row_end)
         _feature_cells(c0, c1, num_values, num_edges, num_n_edges, num_lut, num_lo, num_scale, num_steps,
                        num_slot, cat_codes, cat_slot, feature_bins, cells)
+        _score_bins(c0, c1, score, edges, n_score_edges, kmin, shift, lut, steps, score_bins)
         for i in range(c0, c1):
             # ---- slice codes of every dimension
             unseen_any = False
@@ -255,11 +282,11 @@ def _accumulate_range(
             # ---- online score (the replay's block below is its twin, written out: a shared inline
             # helper measured 20% slower, its array arguments defeating LLVM's alias analysis)
             s = np.float64(score[i])
-            valid = s >= 0.0 and s <= 1.0
-            fb = cb = 0
+            fb = np.int64(score_bins[i - c0])  # -1: not a score in [0, 1]
+            valid = fb >= 0
+            cb = 0
             pf = p2f = llf = ll2f = np.int64(0)
             if valid:
-                fb = _key_bin(s, edges, n_score_edges, kmin, shift, lut, steps)
                 cb = fine_to_calib[fb]
                 p = s
                 pf = _fixed(p, p_scale)
