@@ -274,7 +274,8 @@ def _column_hash(col: pa.Array, kind: str) -> tuple[np.ndarray, np.ndarray]:
         _fnv1a(offsets, data, out)
         return out, valid
     if kind == "float":
-        x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        # large integers round to the float64 DuckDB compares them as (in every table alike)
+        x = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         x = np.where(valid, x, 0.0) + 0.0  # -0.0 joins 0.0: give them one hash
         return x.view(np.uint64), valid
     if kind == "time":

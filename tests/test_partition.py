@@ -211,8 +211,9 @@ def deployment(tmp_path_factory):
 
 
 def _check(dep, **kw):
+    tables = {side: kw.pop(side, dep[side]) for side in ("online", "offline", "outcomes")}
     return run_check(
-        dep["baseline"], kw.pop("online", dep["online"]), offline=dep["offline"], outcomes=dep["outcomes"],
+        dep["baseline"], tables.pop("online"), **tables,
         bootstrap=100, seed=3, backend="cpu", config=dep["config"], **kw,
     )
 
@@ -294,8 +295,7 @@ def test_checkpoint_of_other_arguments_is_not_reused(deployment, tmp_path):
     ck = tmp_path / "ck"
     _check(deployment, checkpoint=ck)
     # without the replay: another plan, so nothing of the first run is reused
-    r = run_check(deployment["baseline"], deployment["online"], outcomes=deployment["outcomes"],
-                  bootstrap=100, seed=3, backend="cpu", config=deployment["config"], checkpoint=ck)
+    r = _check(deployment, offline=None, checkpoint=ck)
     assert not r.run["execution"]["resumed"]
 
 
