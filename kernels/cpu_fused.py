@@ -251,6 +251,7 @@ def _accumulate_range(
     codes = np.empty(Dd, dtype=np.int64)
     cells = np.empty((Jn + Jc, _CHUNK), dtype=np.int32)
     score_bins = np.empty(_CHUNK, dtype=np.int32)
+    off_bins = np.empty(_CHUNK, dtype=np.int32)
     on_one = np.int64(1)
     off_one = np.int64(1) << 32
     for c0 in range(row_start, row_end, _CHUNK):
@@ -258,6 +259,16 @@ def _accumulate_range(
         _feature_cells(c0, c1, num_values, num_edges, num_n_edges, num_lut, num_lo, num_scale, num_steps,
                        num_slot, cat_codes, cat_slot, feature_bins, cells)
         _score_bins(c0, c1, score, edges, n_score_edges, kmin, shift, lut, steps, score_bins)
+        # replay bins: only rows whose replay differs need them (a faithful replay reuses the
+        # online bin), so the vectorised pass pays only where more than 1 row in 8 differs
+        chunk_off_bins = False
+        if paired:
+            differ = 0
+            for k in range(c0, c1):
+                differ += offline[k] != score[k]
+            if differ * 8 > c1 - c0:
+                chunk_off_bins = True
+                _score_bins(c0, c1, offline, edges, n_score_edges, kmin, shift, lut, steps, off_bins)
         for i in range(c0, c1):
             # ---- slice codes of every dimension
             unseen_any = False
@@ -335,7 +346,10 @@ def _accumulate_range(
                         on_c[c + 2] += llf
                         on_c[c + 3] += ll2f
                 if valid_off:
-                    fo = _key_bin(o, edges, n_score_edges, kmin, shift, lut, steps)
+                    if chunk_off_bins:
+                        fo = np.int64(off_bins[i - c0])
+                    else:
+                        fo = _key_bin(o, edges, n_score_edges, kmin, shift, lut, steps)
                     co = fine_to_calib[fo]
                     of = _fixed(o, p_scale)
                     o2f = _fixed(o * o, p_scale)
