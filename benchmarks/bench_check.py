@@ -44,6 +44,36 @@ GROUP BY ALL
 """
 
 
+def prepare(
+    rows: int, eval_rows: int, data: Path, *, aligned: bool = False
+) -> tuple[Path, dict[str, str], float, float]:
+    """Generate the deployment once (streamed to disk in 1M-row chunks, so it can be larger
+    than memory) and build its baseline.
+
+    Returns
+    -------
+    (root, paths, generate_s, baseline_s)
+        ``paths``: evaluation/online/offline/outcomes Parquet files. ``aligned``: the offline
+        replay in the online order (``check_<rows>_aligned``) instead of shuffled.
+    """
+    root = data / (f"check_{rows}_aligned" if aligned else f"check_{rows}")
+    marker = root / "scenario.json"
+    t0 = time.perf_counter()
+    if not marker.exists():
+        scenario = generate(root, rows=rows, seed=0, eval_rows=eval_rows, shuffle=not aligned)
+        marker.write_text(json.dumps(scenario.to_dict()))
+    gen_s = time.perf_counter() - t0
+    paths = {k: str(root / f"{k}.parquet") for k in ("evaluation", "online", "offline", "outcomes")}
+    baseline_s = 0.0
+    if not (root / "baseline" / "manifest.json").exists():
+        meta = json.loads(marker.read_text())
+        config = Config(slices=meta["slices"], features=meta["features"], thresholds=meta["thresholds"])
+        t0 = time.perf_counter()
+        build_baseline(paths["evaluation"], config, out=root / "baseline", backend="cpu")
+        baseline_s = time.perf_counter() - t0
+    return root, paths, gen_s, baseline_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -54,19 +84,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    root = Path(args.data) / f"check_{args.rows}"
-    marker = root / "scenario.json"
-    t0 = time.perf_counter()
-    if not marker.exists():
-        scenario = generate(root, rows=args.rows, seed=0, eval_rows=args.eval_rows)
-        marker.write_text(json.dumps(scenario.to_dict()))
-    gen_s = time.perf_counter() - t0
-    paths = {k: str(root / f"{k}.parquet") for k in ("evaluation", "online", "offline", "outcomes")}
-    meta = json.loads(marker.read_text())
-    config = Config(slices=meta["slices"], features=meta["features"], thresholds=meta["thresholds"])
-    t0 = time.perf_counter()
-    build_baseline(paths["evaluation"], config, out=root / "baseline", backend="cpu")
-    baseline_s = time.perf_counter() - t0
+    root, paths, gen_s, baseline_s = prepare(args.rows, args.eval_rows, Path(args.data))
 
     def parity() -> None:
         run_check(root / "baseline", paths["online"], offline=paths["offline"], outcomes=paths["outcomes"],

@@ -200,7 +200,7 @@ def run_checkpointed(
     job = replace(job, n_buckets=store.n_buckets)
     sides = [s for s in SIDES if s in sources]
     frags: dict[str, list[tuple[Fragment, str]]] = {
-        s: [(f, f.digest()) for f in fragments(s, sources[s])] for s in sides
+        s: [(f, f.digest()) for f in fragments(s, sources[s], job.fragment_rows)] for s in sides
     }
     reused_fragments = 0
     for side in sides:

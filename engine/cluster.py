@@ -104,11 +104,11 @@ def client_for(scheduler: str | Any) -> Iterator[Any]:
         yield client
 
 
-def _inputs(side: str, source: Any) -> list[Any]:
-    """The delayed partitions of a Dask DataFrame, or the fragments of a table."""
+def _inputs(side: str, source: Any, rows: int) -> list[Any]:
+    """The delayed partitions of a Dask DataFrame, or the ``rows``-row fragments of a table."""
     if is_dask_frame(source):
         return list(source.to_delayed())
-    return fragments(side, source)
+    return fragments(side, source, rows)
 
 
 def _co_partitioned(frames: Sequence[Any], keys: Sequence[str]) -> bool:
@@ -137,11 +137,12 @@ def _sum_counts(counts: Sequence[Counter]) -> Counter:
     return total
 
 
-def count_column(client: Any, source: Any, column: str) -> Counter:
-    """Exact value counts of one online column, computed on the cluster."""
+def count_column(client: Any, source: Any, column: str, rows: int) -> Counter:
+    """Exact value counts of one online column, computed on the cluster (``rows`` rows per
+    task)."""
     from dask import delayed
 
-    parts = [delayed(_count_piece, pure=True)(p, column) for p in _inputs("online", source)]
+    parts = [delayed(_count_piece, pure=True)(p, column) for p in _inputs("online", source, rows)]
     return client.compute(delayed(_sum_counts, pure=True)(parts)).result()
 
 
@@ -196,7 +197,7 @@ def run_job(client: Any, job: BucketJob, sources: dict[str, Any], *, progress: b
         splits = {
             s: [
                 delayed(split_fragment, pure=True, nout=job.n_buckets)(job_d, p, s)
-                for p in _inputs(s, sources[s])
+                for p in _inputs(s, sources[s], job.fragment_rows)
             ]
             for s in sides
         }

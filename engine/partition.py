@@ -163,6 +163,8 @@ class BucketJob:
         DuckDB's memory limit inside one bucket's join.
     threads : int, optional
         DuckDB threads inside one bucket's join (default: every core).
+    fragment_rows : int
+        Rows per input fragment read by one split task (Parquet: whole row groups).
     schemas : dict
         ``side -> pyarrow.Schema`` of the columns read (pieces are cast to it).
     """
@@ -178,6 +180,7 @@ class BucketJob:
     batch_size: int = 1 << 20
     memory_limit: str | None = None
     threads: int | None = None
+    fragment_rows: int = MEMORY_FRAGMENT_ROWS
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
 
     @classmethod
@@ -192,7 +195,7 @@ class BucketJob:
         n_buckets : int
         **options
             ``backend``, ``paired``, ``with_value``, ``batch_size``, ``memory_limit``,
-            ``threads``.
+            ``threads``, ``fragment_rows``.
         """
         columns = stream.columns_read()
         sources = {"online": stream.online, "offline": stream.offline, "outcomes": stream.outcomes}
@@ -320,7 +323,8 @@ def split_table(table: pa.Table, keys: Sequence[str], kinds: Sequence[str], n_bu
 
 @dataclass(frozen=True)
 class Fragment:
-    """One readable part of an input: a file of a dataset, or rows of an in-memory table.
+    """One readable part of an input: row groups of a Parquet file, a CSV file, or rows of
+    an in-memory table.
 
     Attributes
     ----------
@@ -329,6 +333,8 @@ class Fragment:
     source : TableSource
     index : int
         The file's position in ``source.files``; -1 for an in-memory table.
+    row_groups : tuple of int
+        The Parquet row groups read (empty: the whole file).
     rows : tuple of int
         ``(start, stop)`` rows of an in-memory table.
     """
@@ -336,13 +342,15 @@ class Fragment:
     side: str
     source: TableSource
     index: int = -1
+    row_groups: tuple[int, ...] = ()
     rows: tuple[int, int] = (0, 0)
 
     @property
     def name(self) -> str:
-        """The file path, or ``"<memory>[start:stop]"``."""
+        """The file path (with its row groups), or ``"<memory>[start:stop]"``."""
         if self.index >= 0:
-            return self.source.files[self.index]
+            groups = f" row groups {self.row_groups[0]}-{self.row_groups[-1]}" if self.row_groups else ""
+            return self.source.files[self.index] + groups
         return f"<memory>[{self.rows[0]}:{self.rows[1]}]"
 
     def read(self, columns: Sequence[str], schema: pa.Schema | None = None) -> pa.Table:
@@ -351,6 +359,8 @@ class Fragment:
         try:
             if self.index >= 0:
                 frag = _dataset_fragment(src, self.index)
+                if self.row_groups:
+                    frag = frag.subset(row_group_ids=list(self.row_groups))
                 table = frag.to_table(schema=src.dataset.schema, columns=list(columns))
             else:
                 table = src.dataset.to_table(columns=list(columns)).slice(
@@ -363,7 +373,7 @@ class Fragment:
     def digest(self) -> str:
         """A content fingerprint of this fragment (see :meth:`TableSource.file_digest`)."""
         if self.index >= 0:
-            return self.source.file_digest(self.index)
+            return f"{self.source.file_digest(self.index)}:{','.join(map(str, self.row_groups))}"
         return f"{self.source.fingerprint().content_hash}:{self.rows[0]}:{self.rows[1]}"
 
 
@@ -376,11 +386,35 @@ def _dataset_fragment(src: TableSource, index: int) -> Any:
 
 
 def fragments(side: str, src: TableSource, rows: int = MEMORY_FRAGMENT_ROWS) -> list[Fragment]:
-    """The fragments of one input: its files, or ``rows``-row slices of an in-memory table."""
-    if src.files:
+    """The fragments of one input, of about ``rows`` rows where the input allows.
+
+    Parquet files are cut at row-group boundaries (consecutive row groups up to ``rows``
+    rows); a CSV file is one fragment; an in-memory table is cut into ``rows``-row slices.
+    """
+    if not src.files:
+        n = src.count_rows()
+        return [Fragment(side, src, rows=(a, min(n, a + rows))) for a in range(0, max(n, 1), rows)]
+    if src.format != "parquet":
         return [Fragment(side, src, i) for i in range(len(src.files))]
-    n = src.count_rows()
-    return [Fragment(side, src, -1, (a, min(n, a + rows))) for a in range(0, max(n, 1), rows)]
+    index = {f: i for i, f in enumerate(src.files)}
+    out = []
+    for frag in src.dataset.get_fragments():
+        i = index[frag.path]
+        try:
+            frag.ensure_complete_metadata()
+            sizes = [rg.num_rows for rg in frag.row_groups]
+        except (pa.ArrowException, OSError) as exc:
+            raise SchemaError(f"Could not read the file '{frag.path}' of {src.where}: {exc}") from exc
+        group: list[int] = []
+        n = 0
+        for g, size in enumerate(sizes):
+            if group and n + size > rows:
+                out.append(Fragment(side, src, i, tuple(group)))
+                group, n = [], 0
+            group.append(g)
+            n += size
+        out.append(Fragment(side, src, i, tuple(group)))
+    return sorted(out, key=lambda f: (f.index, f.row_groups))
 
 
 def split_fragment(job: BucketJob, fragment: Fragment | Any, side: str) -> list[pa.Table]:

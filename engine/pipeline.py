@@ -287,7 +287,7 @@ def _with_model_version(
     if column is None or not src_on.has(column) or column in layout.slice_columns:
         return layout
     if client is not None:
-        counts = count_column(client, online if is_dask_frame(online) else src_on, column)
+        counts = count_column(client, online if is_dask_frame(online) else src_on, column, cfg.partition_rows)
     else:
         counts = count_values(src_on.batches([column], batch_size=cfg.batch_size), column)
     return layout.with_slice_column(column, top_k_codes(counts, cfg.top_k))
@@ -341,7 +341,8 @@ def _bucket_job(stream: Any, cfg: Config, layout: Layout, online: Any, **options
         n_buckets = n_buckets_for(stream.online.count_rows(), cfg.partition_rows)
     return BucketJob.for_join(
         stream, layout, n_buckets,
-        batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit, **options,
+        batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
+        fragment_rows=cfg.partition_rows, **options,
     )
 
 

@@ -160,8 +160,10 @@ def test_partitioned_equals_single_process_on_files(tmp_path: pathlib.Path, seed
     single = _single(on, off, oc)
     assert single.report.duplicate_keys["online"] and single.report.duplicate_keys["offline"]
     assert single.report.null_keys and single.report.offline_without_online
-    for n_buckets in (1, 4, 13):
-        assert_same(single, _partitioned(on, off, oc, n_buckets, fragment_rows=1 << 20))
+    # outcomes: 300-row row groups, read as fragments of whole row groups up to 700 rows
+    assert len(fragments("outcomes", oc, 700)) == -(-oc.count_rows() // 600)
+    for n_buckets, fragment_rows in ((1, 1 << 20), (4, 700), (13, 1 << 20)):
+        assert_same(single, _partitioned(on, off, oc, n_buckets, fragment_rows))
 
 
 @settings(max_examples=12, deadline=None)

@@ -1,0 +1,106 @@
+"""Dask overhead: the same check on a 2-worker ``LocalCluster`` against the single process.
+
+On the check benchmark's data (``bench_check.prepare``: online, shuffled replay, outcomes;
+Parquet with 1M-row row groups), times in the same run, interleaved:
+
+* the single-process check (DuckDB streaming join, B = 1000 bootstrap);
+* the check through an already started ``LocalCluster`` of 2 single-threaded worker
+  processes, for several ``partition_rows`` (rows per key bucket and per input fragment);
+* optionally the checkpointed single-process run (``--checkpoint``), from an empty directory.
+
+The cluster's start-up is timed once, apart. Ratios are medians over ``--repeat`` runs.
+
+Usage::
+
+    python benchmarks/bench_dask.py --rows 10000000 --partition-rows 1000000 2500000 5000000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench_check import prepare  # noqa: E402
+
+from engine.config import Config  # noqa: E402
+from engine.pipeline import run_check  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--eval-rows", type=int, default=1_000_000)
+    ap.add_argument("--partition-rows", type=int, nargs="+", default=[1_000_000, 2_500_000, 5_000_000])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--checkpoint", action="store_true", help="also time the checkpointed run")
+    ap.add_argument("--data", default=str(Path(__file__).parent / "data"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import dask
+    import distributed
+
+    root, paths, _, _ = prepare(args.rows, args.eval_rows, Path(args.data))
+
+    def check(**kw) -> float:
+        t = time.perf_counter()
+        run_check(root / "baseline", paths["online"], offline=paths["offline"], outcomes=paths["outcomes"],
+                  bootstrap=args.bootstrap, backend="cpu", **kw)
+        return time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    client = distributed.Client(cluster)
+    startup = time.perf_counter() - t0
+    times: dict[str, list[float]] = {"single": []}
+    try:
+        check()  # warm-up: JIT caches, page cache, the workers' imports
+        for pr in args.partition_rows:
+            check(scheduler=client, config=Config(partition_rows=pr))
+        for _ in range(args.repeat):
+            times["single"].append(check())
+            for pr in args.partition_rows:
+                times.setdefault(f"dask_{pr}", []).append(check(scheduler=client, config=Config(partition_rows=pr)))
+            if args.checkpoint:
+                ck = Path(tempfile.mkdtemp(prefix="parity-bench-ck-"))
+                try:
+                    times.setdefault("checkpoint", []).append(
+                        check(checkpoint=ck / "ck", config=Config(partition_rows=args.partition_rows[0]))
+                    )
+                finally:
+                    shutil.rmtree(ck, ignore_errors=True)
+    finally:
+        client.close()
+        cluster.close()
+    med = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    result = {
+        "rows": args.rows,
+        "bootstrap": args.bootstrap,
+        "cluster_startup_s": round(startup, 2),
+        "runs_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "median_s": med,
+        "ratio_over_single": {k: round(v / med["single"], 3) for k, v in med.items() if k != "single"},
+        "machine": {
+            "cpus": os.cpu_count(), "python": platform.python_version(), "dask": dask.__version__,
+            "distributed": distributed.__version__,
+        },
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
