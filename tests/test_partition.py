@@ -309,3 +309,26 @@ def test_checkpoint_directory_must_be_a_checkpoint(deployment, tmp_path):
     assert (tmp_path / "ck" / "precious.txt").read_text() == "keep me"
     with pytest.raises(ConfigError, match="Use one or the other"):
         _check(deployment, checkpoint=tmp_path / "ck2", scheduler="local")
+
+
+def test_cli_checkpoint(deployment, uninterrupted, tmp_path):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    cfg = tmp_path / "parity.yaml"
+    cfg.write_text("partition_rows: 5000\n")
+    args = [
+        "check", "--baseline", deployment["baseline"], "--online", deployment["online"],
+        "--offline", deployment["offline"], "--outcomes", deployment["outcomes"],
+        "--bootstrap", "100", "--seed", "3", "--backend", "cpu", "--config", str(cfg),
+        "--checkpoint", str(tmp_path / "ck"), "--json", str(tmp_path / "r.json"), "--quiet",
+    ]
+    for resumed in (False, True):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 1, res.output  # alerts: the deployment has injected problems
+        d = json.loads((tmp_path / "r.json").read_text())
+        assert d["run"]["execution"]["resumed"] is resumed
+        assert d["findings"] == json.loads(uninterrupted)["findings"]
+    res = CliRunner().invoke(app, args[:-3] + ["--scheduler", "local", "--quiet"])
+    assert res.exit_code == 2 and "Use one or the other" in res.output
