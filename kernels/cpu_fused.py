@@ -13,6 +13,7 @@ tests compare the two bit for bit); the per-row rules below mirror that module.
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -159,6 +160,7 @@ def _score_bins(c0, c1, values, padded, n_edges, kmin, shift, lut, steps, out):
 
 @njit(nogil=True, cache=True)
 def _accumulate_range(
+    pair_h,  # (n_raw * 3 * F,) int64 work space, zeroed here (see fused_accumulate)
     row_start,
     row_end,
     # slices: per slice column, the row's dictionary index (-1 null) and index -> code table
@@ -230,7 +232,7 @@ def _accumulate_range(
     # The online and replay fine counts share one int64 cell: the online count in the low 32
     # bits, the replay count in the high 32 (a call covers fewer than 2**31 rows, so neither
     # carries), and a faithful replay (the same score: the same cell) adds both in one add.
-    pair_h = np.zeros(n_raw * 3 * F, dtype=np.int64)
+    pair_h[:] = 0
     # calibration sums (p, p^2, log-loss term, its square) side by side, in one cache line;
     # faithful replays add them once to ``same_c`` (both sides), the others to one side each.
     # Row 0 of the calibration grids (their counts) is left to the caller, who derives it
@@ -431,16 +433,8 @@ def _accumulate_range(
             if unseen_any:
                 for d in range(Dd):
                     dq_h[codes[d], 8] += 1
-    # ---- back to the grids of engine.stats
-    score_h = np.empty((n_raw, 3, F), dtype=np.int64)
-    off_h = np.empty((n_raw, 3, F), dtype=np.int64)
-    low = (np.int64(1) << 32) - 1
-    for r in range(n_raw):
-        for st in range(3):
-            for f in range(F):
-                packed = pair_h[(r * 3 + st) * F + f]
-                score_h[r, st, f] = packed & low
-                off_h[r, st, f] = packed >> 32
+    # ---- back to the grids of engine.stats; the fine counts stay packed (split once, after
+    # the threads' parts are summed: see fused_accumulate)
     calib_h = np.zeros((5, n_raw, 3, NC), dtype=np.int64)
     calib_off_h = np.zeros((5, n_raw, 3, NC), dtype=np.int64)
     for r in range(n_raw):
@@ -465,9 +459,8 @@ def _accumulate_range(
                     if pat & (1 << q):
                         dq_h[r, 2 + q] += m
     return (
-        score_h,
+        pair_h.reshape((n_raw, 3, F)),
         calib_h,
-        off_h,
         calib_off_h,
         joint_h,
         delta_h,
@@ -475,6 +468,17 @@ def _accumulate_range(
         dq_h,
         value_h,
     )
+
+
+@njit(nogil=True, cache=True)
+def _split_pairs(pair_h, score_h, off_h):
+    """The online and replay counts of packed fine cells (low and high 32 bits), added to
+    ``score_h`` and ``off_h`` (same shape)."""
+    low = (np.int64(1) << 32) - 1
+    flat, s, o = pair_h.reshape(-1), score_h.reshape(-1), off_h.reshape(-1)
+    for c in range(flat.shape[0]):
+        s[c] += flat[c] & low
+        o[c] += flat[c] >> 32
 
 
 @njit(parallel=True, cache=True)
@@ -494,6 +498,29 @@ def log_loss_terms(p, state, log_eps):
 
 _POOL: ThreadPoolExecutor | None = None
 _MAX_RANGE_ROWS = 1 << 30
+#: Below this many rows in all, the threads' packed fine cells can be summed before they are
+#: split (neither 32-bit half can carry).
+_PACKED_ROWS = 1 << 31
+#: Packed fine grids kept between calls, per calling thread (larger ones are not kept).
+_WORK_BYTES = 64 << 20
+_LOCAL = threading.local()
+
+
+def _work_spaces(n_ranges: int, size: int) -> list[np.ndarray]:
+    """One int64 work space of ``size`` cells per row range, kept between calls.
+
+    Fresh memory costs a page fault per page on first touch, and two threads faulting at
+    once wait on each other: a 1M-row batch spent about an eighth of its time in the
+    kernel that way. Per calling thread, so that concurrent callers never share one.
+    """
+    if n_ranges * size * 8 > _WORK_BYTES:
+        return [np.empty(size, np.int64) for _ in range(n_ranges)]
+    kept = getattr(_LOCAL, "work", [])
+    kept = [w for w in kept if w.size == size]
+    while len(kept) < n_ranges:
+        kept.append(np.empty(size, np.int64))
+    _LOCAL.work = kept
+    return kept[:n_ranges]
 
 
 def fused_accumulate(n_threads: int, *args):
@@ -506,17 +533,32 @@ def fused_accumulate(n_threads: int, *args):
     """
     global _POOL
     n = args[9].shape[0]  # the score column
+    n_raw, n_fine = args[8], args[15] + 1
     n_threads = max(1, min(int(n_threads), n // 50_000 or 1))
     # int32 counts: no range may reach 2**31 rows
     n_ranges = max(n_threads, -(-n // _MAX_RANGE_ROWS))
+    work = _work_spaces(n_ranges, n_raw * 3 * n_fine)
     if n_ranges == 1:
-        return _accumulate_range(0, n, *args)
-    if _POOL is None or _POOL._max_workers < n_threads:
-        _POOL = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="parity-accumulate")
-    bounds = np.linspace(0, n, n_ranges + 1).astype(np.int64)
-    parts = list(_POOL.map(lambda k: _accumulate_range(bounds[k], bounds[k + 1], *args), range(n_ranges)))
-    total = list(parts[0])
+        parts = [_accumulate_range(work[0], 0, n, *args)]
+    else:
+        if _POOL is None or _POOL._max_workers < n_threads:
+            _POOL = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="parity-accumulate")
+        bounds = np.linspace(0, n, n_ranges + 1).astype(np.int64)
+        parts = list(
+            _POOL.map(lambda k: _accumulate_range(work[k], bounds[k], bounds[k + 1], *args), range(n_ranges))
+        )
+    score_h = np.zeros((n_raw, 3, n_fine), np.int64)
+    off_h = np.zeros((n_raw, 3, n_fine), np.int64)
+    if n < _PACKED_ROWS:
+        for part in parts[1:]:
+            np.add(parts[0][0], part[0], out=parts[0][0])
+        _split_pairs(parts[0][0], score_h, off_h)
+    else:  # packed cells of several parts could carry: split each part
+        for part in parts:
+            _split_pairs(part[0], score_h, off_h)
+    total = list(parts[0][1:])
     for part in parts[1:]:
-        for i, grid in enumerate(part):
-            total[i] = total[i] + grid
-    return tuple(total)
+        for i, grid in enumerate(part[1:]):
+            np.add(total[i], grid, out=total[i])
+    calib_h, calib_off_h, joint_h, delta_h, feat_h, dq_h, value_h = total
+    return score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h, value_h

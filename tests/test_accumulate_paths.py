@@ -152,3 +152,16 @@ def test_fused_equals_primitives_on_edge_values(layout):
         a = fused.accumulate(table.to_batches(max_chunksize=120_000))
         b = prim.accumulate(table.to_batches(max_chunksize=50_000))
         assert a.equal(b)
+
+
+def test_fused_threads_split_packed_cells_when_they_could_carry(layout, monkeypatch):
+    """Above ``_PACKED_ROWS`` rows the threads' packed fine cells are split before they are
+    summed; the statistics are the same either way (lowered here to force that path)."""
+    import kernels.cpu_fused as fused_module
+
+    table = _table(120_000, 13)
+    fused = Accumulator(layout, CpuKernels(fused=True), paired=True, with_value=True)
+    a = fused.accumulate(table.to_batches())
+    monkeypatch.setattr(fused_module, "_PACKED_ROWS", 0)
+    b = fused.accumulate(table.to_batches())
+    assert a.equal(b)
