@@ -16,6 +16,9 @@ records, in ``DIR``:
 ``bucket/b<j>-<inputs>.npz`` and ``.json``
     One bucket's statistics and join counts, under a hash of the digests of every fragment
     it was computed from: a bucket whose inputs all stayed the same is not recomputed.
+    With ``partition_column`` (co-partitioned inputs) nothing is split: a bucket is one
+    value of the column (``v<hash of the value>-<inputs>``) and depends only on the files
+    under that value, so a new day's folder costs one bucket and the other days are reused.
 
 Every file is written under a temporary name and renamed into place, so a run killed at any
 moment leaves only complete entries; the next run with the same arguments resumes and gives
@@ -41,13 +44,20 @@ import pyarrow as pa
 from engine import __version__
 from engine.errors import ConfigError
 from engine.join import JoinReport
-from engine.partition import BucketJob, Fragment, Partial, fragments, join_bucket, merge_partials, split_fragment
+from engine.partition import (
+    SIDES,
+    BucketJob,
+    Fragment,
+    Partial,
+    fragments,
+    fragments_by_value,
+    join_bucket,
+    merge_partials,
+    split_fragment,
+)
 from engine.stats import Statistics
 
 __all__ = ["run_checkpointed"]
-
-SIDES = ("online", "offline", "outcomes")
-
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
@@ -71,6 +81,7 @@ def _plan_identity(job: BucketJob, baseline_id: str) -> dict[str, Any]:
         "key_kinds": list(job.key_kinds),
         "paired": job.paired,
         "with_value": job.with_value,
+        "partition_column": job.partition_column,
         "schemas": {s: str(sc) for s, sc in sorted(job.schemas.items())},
     }
 
@@ -144,17 +155,17 @@ class _Store:
                 shutil.rmtree(d, ignore_errors=True)
 
     # ---------------------------------------------------------------- bucket results
-    def bucket_path(self, bucket: int, inputs: str) -> Path:
-        return self.bucket_dir / f"b{bucket}-{inputs[:32]}.npz"
+    def bucket_path(self, bucket: str, inputs: str) -> Path:
+        return self.bucket_dir / f"{bucket}-{inputs[:32]}.npz"
 
-    def load_bucket(self, bucket: int, inputs: str) -> Partial | None:
+    def load_bucket(self, bucket: str, inputs: str) -> Partial | None:
         npz = self.bucket_path(bucket, inputs)
         if not npz.exists():
             return None
         report = JoinReport(**json.loads(npz.with_suffix(".json").read_text()))
         return Partial(Statistics.from_npz(npz), report)
 
-    def save_bucket(self, bucket: int, inputs: str, partial: Partial) -> None:
+    def save_bucket(self, bucket: str, inputs: str, partial: Partial) -> None:
         npz = self.bucket_path(bucket, inputs)
         report = {f.name: getattr(partial.report, f.name) for f in fields(JoinReport)}
         # the report first: a bucket counts as done once its .npz exists
@@ -194,10 +205,26 @@ def run_checkpointed(
     -------
     (Partial, dict)
         The merged result, and what was reused: ``{"resumed", "buckets", "buckets_reused",
-        "fragments", "fragments_reused"}``.
+        "fragments", "fragments_reused"}`` (``fragments_reused`` is None with
+        ``partition_column``: nothing is split then).
     """
     store = _Store(root, _plan_identity(job, baseline_id), job.n_buckets)
     job = replace(job, n_buckets=store.n_buckets)
+    if job.partition_column is not None:
+        partials, info = _by_value(store, job, sources, progress)
+    else:
+        partials, info = _by_key_hash(store, job, sources, progress)
+    return merge_partials(partials), {"resumed": store.resumed, **info}
+
+
+def _digest(parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _by_key_hash(
+    store: _Store, job: BucketJob, sources: dict[str, Any], progress: Callable[[int], None] | None
+) -> tuple[list[Partial], dict[str, Any]]:
+    """Split every fragment once (kept on disk), then join each key bucket."""
     sides = [s for s in SIDES if s in sources]
     frags: dict[str, list[tuple[Fragment, str]]] = {
         s: [(f, f.digest()) for f in fragments(s, sources[s], job.fragment_rows)] for s in sides
@@ -211,28 +238,52 @@ def run_checkpointed(
                 store.write_pieces(side, digest, split_fragment(job, frag, side))
     store.keep_only({store.piece_dir(s, d).name for s in sides for _, d in frags[s]})
 
-    inputs = hashlib.sha256(
-        json.dumps({s: [d for _, d in frags[s]] for s in sides}, sort_keys=True).encode()
-    ).hexdigest()
+    # every bucket holds rows of every fragment: one digest of them all
+    inputs = _digest({s: [d for _, d in frags[s]] for s in sides})
     partials, kept, reused_buckets = [], set(), 0
     for j in range(job.n_buckets):
-        partial = store.load_bucket(j, inputs)
+        partial = store.load_bucket(f"b{j}", inputs)
         if partial is None:
             pieces = {s: [store.read_piece(s, d, j) for _, d in frags[s]] for s in sides}
             partial = join_bucket(job, *[pieces.get(s) for s in SIDES])
-            store.save_bucket(j, inputs, partial)
+            store.save_bucket(f"b{j}", inputs, partial)
         else:
             reused_buckets += 1
-        kept.add(store.bucket_path(j, inputs))
+        kept.add(store.bucket_path(f"b{j}", inputs))
         partials.append(partial)
         if progress is not None:
             progress(partial.report.online_rows)
     store.keep_buckets(kept)
-    info = {
-        "resumed": store.resumed,
+    return partials, {
         "buckets": job.n_buckets,
         "buckets_reused": reused_buckets,
         "fragments": sum(len(v) for v in frags.values()),
         "fragments_reused": reused_fragments,
     }
-    return merge_partials(partials), info
+
+
+def _by_value(
+    store: _Store, job: BucketJob, sources: dict[str, Any], progress: Callable[[int], None] | None
+) -> tuple[list[Partial], dict[str, Any]]:
+    """Co-partitioned inputs: one bucket per partition value, recomputed only when the
+    files under that value changed (nothing is split)."""
+    assert job.partition_column is not None
+    by_value = fragments_by_value(sources, job.partition_column, job.fragment_rows)
+    partials, kept, reused = [], set(), 0
+    for value, frags in by_value.items():
+        name = "v" + _digest(value)[:16]
+        inputs = _digest({s: [f.digest() for f in fs] for s, fs in sorted(frags.items())})
+        partial = store.load_bucket(name, inputs)
+        if partial is None:
+            partial = join_bucket(job, *[frags.get(s, []) if s in sources else None for s in SIDES])
+            store.save_bucket(name, inputs, partial)
+        else:
+            reused += 1
+        kept.add(store.bucket_path(name, inputs))
+        partials.append(partial)
+        if progress is not None:
+            progress(partial.report.online_rows)
+    store.keep_buckets(kept)
+    n = sum(len(fs) for frags in by_value.values() for fs in frags.values())
+    return partials, {"buckets": len(by_value), "buckets_reused": reused, "fragments": n,
+                      "fragments_reused": None}

@@ -9,9 +9,10 @@ run again, and the result does not depend on which worker ran what):
   accumulate them on the run's backend, resolved on the worker (``auto`` uses a worker's GPU);
 - a **tree reduction** of the buckets' partial statistics (fan-in 8).
 
-When every input is a Dask DataFrame indexed by the (single) key with the same known
-divisions, the inputs are already co-partitioned: partition ``j`` of each is bucket ``j``,
-and nothing is split or moved.
+Two fast paths for inputs that are already co-partitioned, where nothing is split or moved:
+Dask DataFrames indexed by the (single) key with the same known divisions (partition ``j``
+of each is bucket ``j``), and directories hive-partitioned on ``partition_column`` (each
+value is a bucket, its files read by the bucket's task).
 
 The ``model_version`` pre-pass (its values become a slice) runs as a first, small graph.
 """
@@ -30,10 +31,12 @@ import pyarrow as pa
 from engine.encode import count_values
 from engine.errors import ConfigError
 from engine.partition import (
+    SIDES,
     BucketJob,
     Fragment,
     Partial,
     fragments,
+    fragments_by_value,
     join_bucket,
     merge_partials,
     split_fragment,
@@ -157,7 +160,7 @@ def _tree(parts: list[Any]) -> Any:
     return parts[0]
 
 
-def run_job(client: Any, job: BucketJob, sources: dict[str, Any], *, progress: bool = False) -> Partial:
+def run_job(client: Any, job: BucketJob, sources: dict[str, Any], *, progress: bool = False) -> tuple[Partial, int]:
     """Run a check's partitioned plan on a Dask cluster.
 
     Parameters
@@ -173,14 +176,21 @@ def run_job(client: Any, job: BucketJob, sources: dict[str, Any], *, progress: b
 
     Returns
     -------
-    Partial
-        The merged statistics and join counts of every bucket.
+    (Partial, int)
+        The merged statistics and join counts of every bucket, and the number of buckets.
     """
     from dask import delayed
 
-    sides = [s for s in ("online", "offline", "outcomes") if s in sources]
+    sides = [s for s in SIDES if s in sources]
     job_d = delayed(job, pure=True)
-    if _co_partitioned([sources[s] for s in sides], job.spec.keys):
+    if job.partition_column is not None:
+        # co-partitioned files: one bucket per value, its fragments read by the bucket task
+        by_value = fragments_by_value(sources, job.partition_column, job.fragment_rows)
+        buckets = [
+            delayed(join_bucket, pure=True)(job_d, *[frags.get(s, []) if s in sources else None for s in SIDES])
+            for frags in by_value.values()
+        ]
+    elif _co_partitioned([sources[s] for s in sides], job.spec.keys):
         parts = {s: [_indexed(p) for p in sources[s].to_delayed()] for s in sides}
         one = job.__class__(**{**job.__dict__, "n_buckets": 1})
         one_d = delayed(one, pure=True)
@@ -189,7 +199,7 @@ def run_job(client: Any, job: BucketJob, sources: dict[str, Any], *, progress: b
         }
         buckets = [
             delayed(join_bucket, pure=True)(
-                one_d, *[pieces[s][j] if s in pieces else None for s in ("online", "offline", "outcomes")]
+                one_d, *[pieces[s][j] if s in pieces else None for s in SIDES]
             )
             for j in range(len(parts["online"]))
         ]
@@ -205,7 +215,7 @@ def run_job(client: Any, job: BucketJob, sources: dict[str, Any], *, progress: b
         for j in range(job.n_buckets):
             args = [
                 [piece[j] for piece in splits[s]] if s in splits else None
-                for s in ("online", "offline", "outcomes")
+                for s in SIDES
             ]
             buckets.append(delayed(join_bucket, pure=True)(job_d, *args))
     future = client.compute(_tree(buckets))
@@ -213,7 +223,7 @@ def run_job(client: Any, job: BucketJob, sources: dict[str, Any], *, progress: b
         from distributed import progress as dask_progress
 
         dask_progress(future)
-    return future.result()
+    return future.result(), len(buckets)
 
 
 def _reset_index(frame: Any) -> Any:

@@ -395,6 +395,16 @@ class Config(_Model):
             "checkpoint); a bucket's rows are held in memory by the worker that joins it."
         ),
     )
+    partition_column: ColumnName | None = Field(
+        None,
+        description=(
+            "A hive partition column (e.g. 'date' of date=... folders) that every input is "
+            "partitioned by, with each key's rows under one value of it in every table. A "
+            "partitioned run (on Dask, or with a checkpoint) then joins the tables value by "
+            "value, without splitting them by key; a checkpoint recomputes only the values "
+            "whose files changed."
+        ),
+    )
     duckdb_memory_limit: MemorySize = Field(
         "4GB", description="DuckDB memory limit for joins (they spill to disk beyond it)."
     )

@@ -34,9 +34,10 @@ import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from engine.encode import Layout
-from engine.errors import SchemaError
+from engine.errors import ConfigError, SchemaError
 from engine.io import TableSource, open_table
 from engine.join import JoinReport, JoinSpec, JoinedStream
 from engine.stats import KEY_NULL, Accumulator, Statistics
@@ -165,6 +166,9 @@ class BucketJob:
         DuckDB threads inside one bucket's join (default: every core).
     fragment_rows : int
         Rows per input fragment read by one split task (Parquet: whole row groups).
+    partition_column : str, optional
+        The inputs are co-partitioned on this hive column: buckets are its values, and
+        nothing is split (:func:`fragments_by_value`).
     schemas : dict
         ``side -> pyarrow.Schema`` of the columns read (pieces are cast to it).
     """
@@ -181,6 +185,7 @@ class BucketJob:
     memory_limit: str | None = None
     threads: int | None = None
     fragment_rows: int = MEMORY_FRAGMENT_ROWS
+    partition_column: str | None = None
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
 
     @classmethod
@@ -195,7 +200,7 @@ class BucketJob:
         n_buckets : int
         **options
             ``backend``, ``paired``, ``with_value``, ``batch_size``, ``memory_limit``,
-            ``threads``, ``fragment_rows``.
+            ``threads``, ``fragment_rows``, ``partition_column``.
         """
         columns = stream.columns_read()
         sources = {"online": stream.online, "offline": stream.offline, "outcomes": stream.outcomes}
@@ -337,6 +342,8 @@ class Fragment:
         The Parquet row groups read (empty: the whole file).
     rows : tuple of int
         ``(start, stop)`` rows of an in-memory table.
+    partition : tuple of (str, str)
+        The file's hive partition values (``(("date", "2026-11-05"),)``), as strings.
     """
 
     side: str
@@ -344,6 +351,7 @@ class Fragment:
     index: int = -1
     row_groups: tuple[int, ...] = ()
     rows: tuple[int, int] = (0, 0)
+    partition: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -394,12 +402,15 @@ def fragments(side: str, src: TableSource, rows: int = MEMORY_FRAGMENT_ROWS) -> 
     if not src.files:
         n = src.count_rows()
         return [Fragment(side, src, rows=(a, min(n, a + rows))) for a in range(0, max(n, 1), rows)]
-    if src.format != "parquet":
-        return [Fragment(side, src, i) for i in range(len(src.files))]
     index = {f: i for i, f in enumerate(src.files)}
     out = []
     for frag in src.dataset.get_fragments():
         i = index[frag.path]
+        keys = ds.get_partition_keys(frag.partition_expression) or {}
+        partition = tuple(sorted((k, str(v)) for k, v in keys.items()))
+        if src.format != "parquet":
+            out.append(Fragment(side, src, i, partition=partition))
+            continue
         try:
             frag.ensure_complete_metadata()
             sizes = [rg.num_rows for rg in frag.row_groups]
@@ -409,12 +420,37 @@ def fragments(side: str, src: TableSource, rows: int = MEMORY_FRAGMENT_ROWS) -> 
         n = 0
         for g, size in enumerate(sizes):
             if group and n + size > rows:
-                out.append(Fragment(side, src, i, tuple(group)))
+                out.append(Fragment(side, src, i, tuple(group), partition=partition))
                 group, n = [], 0
             group.append(g)
             n += size
-        out.append(Fragment(side, src, i, tuple(group)))
+        out.append(Fragment(side, src, i, tuple(group), partition=partition))
     return sorted(out, key=lambda f: (f.index, f.row_groups))
+
+
+def fragments_by_value(
+    sources: dict[str, TableSource], column: str, rows: int
+) -> dict[str, dict[str, list[Fragment]]]:
+    """``value -> side -> fragments`` of inputs co-partitioned on a hive partition column.
+
+    Raises
+    ------
+    ConfigError
+        When a table is not a directory partitioned by ``column``.
+    """
+    by_value: dict[str, dict[str, list[Fragment]]] = {}
+    for side, src in sources.items():
+        names = getattr(getattr(src.dataset, "partitioning", None), "schema", None)
+        if not src.files or names is None or column not in names.names:
+            raise ConfigError(
+                f"partition_column is '{column}', but {src.where} is not a directory partitioned "
+                f"by it (folders {column}=...). Partition every table by it, or unset "
+                "partition_column to split the tables by key."
+            )
+        for frag in fragments(side, src, rows):
+            value = dict(frag.partition).get(column, "__null__")
+            by_value.setdefault(value, {}).setdefault(side, []).append(frag)
+    return dict(sorted(by_value.items()))
 
 
 def split_fragment(job: BucketJob, fragment: Fragment | Any, side: str) -> list[pa.Table]:
@@ -443,17 +479,18 @@ def join_bucket(
     Parameters
     ----------
     job : BucketJob
-    online, offline, outcomes : sequences of pyarrow.Table
-        The bucket's pieces of each table (from every fragment); None for a table the run
-        does not join.
+    online, offline, outcomes : sequences of pyarrow.Table or Fragment
+        The bucket's pieces of each table (split pieces, or whole fragments read here); None
+        for a table the run does not join.
 
     Returns
     -------
     Partial
     """
-    def table(side: str, pieces: Sequence[pa.Table] | None) -> TableSource | None:
+    def table(side: str, pieces: Sequence[pa.Table | Fragment] | None) -> TableSource | None:
         if pieces is None:
             return None
+        pieces = [p.read(job.columns[side], job.schemas.get(side)) if isinstance(p, Fragment) else p for p in pieces]
         pieces = [p for p in pieces if p.num_rows] or list(pieces[:1])
         if not pieces:
             return open_table(job.schemas[side].empty_table(), side)

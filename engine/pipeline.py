@@ -181,8 +181,8 @@ def run_check(
                 backend=backend, paired=has_offline, with_value=with_value,
             )
             if client is not None:
-                partial = run_job(client, job, joined, progress=progress is not None)
-                execution = {"mode": "dask", "scheduler": _scheduler_name(client), "buckets": job.n_buckets}
+                partial, n_buckets = run_job(client, job, joined, progress=progress is not None)
+                execution = {"mode": "dask", "scheduler": _scheduler_name(client), "buckets": n_buckets}
             else:
                 total = src_on.count_rows()
                 done = 0
@@ -342,7 +342,7 @@ def _bucket_job(stream: Any, cfg: Config, layout: Layout, online: Any, **options
     return BucketJob.for_join(
         stream, layout, n_buckets,
         batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
-        fragment_rows=cfg.partition_rows, **options,
+        fragment_rows=cfg.partition_rows, partition_column=cfg.partition_column, **options,
     )
 
 

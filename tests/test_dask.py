@@ -14,7 +14,7 @@ import os
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from test_partition import _check, comparable, deployment  # noqa: F401  (a fixture)
+from test_partition import _check, by_day, comparable, deployment  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from engine.cli import app
@@ -67,6 +67,15 @@ def test_co_partitioned_dataframes_are_joined_in_place(deployment, single, clien
     result = _check(deployment, online=frames["online"], offline=frames["offline"], outcomes=frames["outcomes"])
     assert result.run["execution"]["buckets"] == frames["online"].npartitions
     assert comparable_data(result) == comparable_data_of(single)
+
+
+def test_inputs_co_partitioned_on_a_column(deployment, by_day, client):  # noqa: F811
+    """Hive folders day=...: each day is a bucket, its files read by its task."""
+    config = deployment["config"].with_overrides(partition_column="day")
+    single = comparable(_check({**deployment, **by_day}))
+    result = _check({**deployment, **by_day, "config": config}, scheduler=client)
+    assert result.run["execution"]["buckets"] == 3
+    assert comparable(result) == single
 
 
 def comparable_data(result) -> str:

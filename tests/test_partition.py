@@ -10,6 +10,7 @@ mid-way (SIGKILL, at a deterministic point) and started again gives the uninterr
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import pathlib
 import signal
@@ -332,3 +333,49 @@ def test_cli_checkpoint(deployment, uninterrupted, tmp_path):
         assert d["findings"] == json.loads(uninterrupted)["findings"]
     res = CliRunner().invoke(app, args[:-3] + ["--scheduler", "local", "--quiet"])
     assert res.exit_code == 2 and "Use one or the other" in res.output
+
+
+# ------------------------------------------------- co-partitioned on a hive partition column
+
+
+@pytest.fixture(scope="module")
+def by_day(deployment, tmp_path_factory):
+    """The deployment written as day=... folders, each request under one day in every table
+    (its day is a function of its key)."""
+    root = tmp_path_factory.mktemp("days")
+    paths = {}
+    for side in ("online", "offline", "outcomes"):
+        t = pq.read_table(deployment[side])
+        day = pa.array(np.asarray(t.column("request_id").fill_null(0)) % 3 + 1).cast(pa.string())
+        t = t.append_column("day", pa.compute.binary_join_element_wise("2026-11-0", day, ""))
+        pq.write_to_dataset(t, root / side, partition_cols=["day"])
+        paths[side] = str(root / side)
+    return paths
+
+
+def test_partition_column_runs_value_by_value(deployment, by_day, tmp_path):
+    config = deployment["config"].with_overrides(partition_column="day")
+    single = comparable(_check({**deployment, **by_day}))
+    ck = tmp_path / "ck"
+    first = _check({**deployment, **by_day, "config": config}, checkpoint=ck)
+    assert comparable(first) == single
+    assert first.run["execution"]["buckets"] == 3 and not list((ck / "split").iterdir())
+    # a new day arrives: the three days already done are reused, only the new one is joined
+    new = tmp_path / "new"
+    for side, path in by_day.items():
+        shutil.copytree(path, new / side)
+        t = pq.read_table(pathlib.Path(path) / "day=2026-11-01")
+        t = t.set_column(0, "request_id", pa.compute.add(t.column("request_id"), 1))  # new keys
+        pq.write_to_dataset(t.append_column("day", pa.array(["2026-11-04"] * t.num_rows)),
+                            new / side, partition_cols=["day"])
+    grown = {s: str(new / s) for s in by_day}
+    resumed = _check({**deployment, **grown, "config": config}, checkpoint=ck)
+    assert resumed.run["execution"]["buckets"] == 4 and resumed.run["execution"]["buckets_reused"] == 3
+    assert comparable(resumed) == comparable(_check({**deployment, **grown}))
+
+
+def test_partition_column_must_partition_every_table(deployment, by_day, tmp_path):
+    config = deployment["config"].with_overrides(partition_column="day")
+    with pytest.raises(ConfigError, match="not a directory partitioned by it"):
+        _check({**deployment, **by_day, "outcomes": deployment["outcomes"], "config": config},
+               checkpoint=tmp_path / "ck")
