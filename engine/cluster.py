@@ -24,6 +24,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -167,8 +168,8 @@ def run_job(client: Any, job: BucketJob, sources: dict[str, Any], *, progress: b
     ----------
     client : distributed.Client
     job : BucketJob
-        With ``n_buckets`` already chosen (ignored for co-partitioned Dask DataFrames, whose
-        partitions are the buckets).
+        With ``n_buckets`` already chosen (ignored for co-partitioned inputs, whose
+        partitions or partition values are the buckets).
     sources : dict
         ``side -> TableSource or Dask DataFrame`` for each table the run joins.
     progress : bool
@@ -192,8 +193,7 @@ def run_job(client: Any, job: BucketJob, sources: dict[str, Any], *, progress: b
         ]
     elif _co_partitioned([sources[s] for s in sides], job.spec.keys):
         parts = {s: [_indexed(p) for p in sources[s].to_delayed()] for s in sides}
-        one = job.__class__(**{**job.__dict__, "n_buckets": 1})
-        one_d = delayed(one, pure=True)
+        one_d = delayed(replace(job, n_buckets=1), pure=True)
         pieces = {
             s: [delayed(split_fragment, pure=True)(one_d, p, s) for p in parts[s]] for s in sides
         }
