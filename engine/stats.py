@@ -51,7 +51,7 @@ from engine.encode import (
 )
 from engine.errors import ConfigError, StatisticsError
 from engine.metrics import aggregate_bins
-from kernels.cpu_fused import fused_accumulate, log_loss_terms, uniform_lut
+from kernels.cpu_fused import column_list, fused_accumulate, log_loss_terms, uniform_lut
 
 #: Fixed-point resolutions (bits after the binary point) of each summed quantity.
 #: Bounded in [0, 1]: 2**-32. Log-loss terms are at most -log(1e-15) = 34.5: 2**-32 keeps
@@ -426,7 +426,7 @@ class Accumulator:
         cols = layout.slice_columns
         parts = [dictionary_parts(batch.column(c), layout.slice_codes[c]) for c in cols]
         dmax = max([max(len(p[1]), 1) for p in parts], default=1)
-        col_index = np.stack([p[0] for p in parts]) if parts else np.zeros((0, n), np.int32)
+        col_index = column_list([p[0] for p in parts], np.int32)  # separate arrays: no copy
         col_lut = np.zeros((len(parts), dmax), np.int32)
         col_unseen = np.zeros((len(parts), dmax), bool)
         for a, (_, lut, unseen) in enumerate(parts):
@@ -438,18 +438,18 @@ class Accumulator:
             dim_b = np.array([cols.index(d[1]) if len(d) > 1 else -1 for d in self._dims], np.int32)
             dim_b_size = np.array([layout.slice_codes[d[1]].size if len(d) > 1 else 1 for d in self._dims], np.int64)
         else:  # no slice columns: one dimension whose only code is the population
-            col_index = np.zeros((1, n), np.int32)
+            col_index = column_list([np.zeros(n, np.int32)])
             col_lut = np.zeros((1, 1), np.int32)
             col_unseen = np.zeros((1, 1), bool)
             col_null = np.zeros(1, np.int32)
             dim_a, dim_b, dim_b_size = np.zeros(1, np.int32), np.full(1, -1, np.int32), np.ones(1, np.int64)
         score = _float_column(batch.column(SCORE))
         offline = _float_column(batch.column(OFFLINE_SCORE)) if self.paired else score
-        label = _to_float(batch.column(LABEL)).astype(np.float64) if LABEL in batch.schema.names else np.full(n, np.nan)
+        label = _to_float(batch.column(LABEL)).astype(np.float64, copy=False) if LABEL in batch.schema.names else np.full(n, np.nan)
         key_null = _key_null(batch)
         numeric = [(j, f) for j, f in enumerate(layout.features) if f.kind == "numeric"]
         categorical = [(j, f) for j, f in enumerate(layout.features) if f.kind == "categorical"]
-        num_values = np.stack([_float_column(batch.column(f.name)) for _, f in numeric]) if numeric else np.zeros((0, n))
+        num_values = column_list([_float_column(batch.column(f.name)) for _, f in numeric])
         cat = [categorical_codes(batch.column(f.name), f.categories) for _, f in categorical]
         cat_codes = np.stack([c[0] for c in cat]) if cat else np.zeros((0, n), np.int32)
         cat_unseen = np.stack([c[1] for c in cat]) if cat else np.zeros((0, n), bool)

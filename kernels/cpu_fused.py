@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numba import njit, prange  # noqa: F401  (prange: log_loss_terms)
+from numba import from_dtype, njit, prange, typed, types
 
 _TOP = np.uint64(1) << np.uint64(63)
 
@@ -105,7 +105,7 @@ def _feature_cells(
     one feature so that they vectorise: the table cell, then the fixed compare-and-add steps.
     """
     m = c1 - c0
-    Jn = num_values.shape[0]
+    Jn = len(num_values)
     L = num_lut.shape[1]
     top = L - 1.0
     for j in range(Jn):
@@ -164,7 +164,7 @@ def _accumulate_range(
     row_start,
     row_end,
     # slices: per slice column, the row's dictionary index (-1 null) and index -> code table
-    col_index,  # (C, n) int32
+    col_index,  # C arrays (n,) int32: a typed List (or a (C, n) array)
     col_lut,  # (C, Dmax) int32 dictionary index -> code
     col_unseen,  # (C, Dmax) bool dictionary index -> value unseen in the baseline
     col_null_code,  # (C,) int32
@@ -195,7 +195,7 @@ def _accumulate_range(
     dlut,
     dsteps,
     # features
-    num_values,  # (Jn, n) float
+    num_values,  # Jn arrays (n,) float: a typed List (or a (Jn, n) array)
     num_edges,  # (Jn, Emax) float64 (padded)
     num_n_edges,  # (Jn,) int64
     num_lut,  # (Jn, L) int32 value lookup tables (see uniform_lut)
@@ -219,12 +219,12 @@ def _accumulate_range(
     value2_scale,
 ):
     Dd = dim_a.shape[0]
-    C = col_index.shape[0]
+    C = len(col_index)
     F = n_score_edges + 1
     T = thresholds.shape[0]
     TT = (T + 1) * (T + 1)
     DB = n_delta_edges + 1
-    Jn = num_values.shape[0]
+    Jn = len(num_values)
     Jc = cat_codes.shape[0]
     NC = n_calib
     FB = n_features * feature_bins
@@ -252,12 +252,19 @@ def _accumulate_range(
     value_h = np.zeros((3, n_raw, 3), dtype=np.int64)
     codes = np.empty(Dd, dtype=np.int64)
     cells = np.empty((Jn + Jc, _CHUNK), dtype=np.int32)
+    chunk_index = np.empty((C, _CHUNK), dtype=np.int32)
     score_bins = np.empty(_CHUNK, dtype=np.int32)
     off_bins = np.empty(_CHUNK, dtype=np.int32)
     on_one = np.int64(1)
     off_one = np.int64(1) << 32
     for c0 in range(row_start, row_end, _CHUNK):
         c1 = min(c0 + _CHUNK, row_end)
+        # the chunk's dictionary indices side by side (the columns come as separate arrays:
+        # stacking them would copy every batch)
+        for a in range(C):
+            column = col_index[a]
+            for k in range(c1 - c0):
+                chunk_index[a, k] = column[c0 + k]
         _feature_cells(c0, c1, num_values, num_edges, num_n_edges, num_lut, num_lo, num_scale, num_steps,
                        num_slot, cat_codes, cat_slot, feature_bins, cells)
         _score_bins(c0, c1, score, edges, n_score_edges, kmin, shift, lut, steps, score_bins)
@@ -276,11 +283,11 @@ def _accumulate_range(
             unseen_any = False
             for d in range(Dd):
                 a = dim_a[d]
-                ia = col_index[a, i]
+                ia = chunk_index[a, i - c0]
                 code = col_lut[a, ia] if ia >= 0 else col_null_code[a]
                 b = dim_b[d]
                 if b >= 0:
-                    ib = col_index[b, i]
+                    ib = chunk_index[b, i - c0]
                     code = code * dim_b_size[d] + (col_lut[b, ib] if ib >= 0 else col_null_code[b])
                 codes[d] = dim_offsets[d] + code
             # ---- label state
@@ -420,7 +427,7 @@ def _accumulate_range(
             for d in range(Dd):
                 pattern_h[codes[d], pattern] += 1
             for a in range(C):
-                ia = col_index[a, i]
+                ia = chunk_index[a, i - c0]
                 if ia >= 0 and col_unseen[a, ia]:
                     unseen_any = True
                     for d in range(Dd):
@@ -493,6 +500,24 @@ def log_loss_terms(p, state, log_eps):
         if state[i] < 2:
             q = min(max(p[i], log_eps), 1.0 - log_eps)
             out[i] = -math.log(q) if state[i] == 1 else -math.log1p(-q)
+    return out
+
+
+
+def column_list(arrays: list[np.ndarray], dtype: np.dtype | type | None = None) -> typed.List:
+    """Columns as the kernel takes them: a typed List of read-only contiguous 1-D arrays.
+
+    ``dtype`` defaults to the columns' common type (float32 columns stay float32). Columns
+    already of that type are not copied, as stacking them into one 2-D array would.
+    """
+    if dtype is None:
+        dtype = np.result_type(*[a.dtype for a in arrays]) if arrays else np.float64
+    dtype = np.dtype(dtype)
+    out = typed.List.empty_list(types.Array(from_dtype(dtype), 1, "C", readonly=True))
+    for a in arrays:
+        a = np.ascontiguousarray(a, dtype=dtype).view()
+        a.flags.writeable = False
+        out.append(a)
     return out
 
 
