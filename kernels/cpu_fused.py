@@ -8,6 +8,14 @@ the end (integer addition, so the result does not depend on the number of thread
 
 It computes exactly what ``engine.stats.Accumulator`` computes through the primitives (the
 tests compare the two bit for bit); the per-row rules below mirror that module.
+
+Rows go in chunks of ``_CHUNK``: first the chunk's score and feature bins, column by column in
+branch-free loops that compile to SIMD code; then row by row, the adds. A row adds to about
+36 cells (3 slice dimensions); the layouts keep those adds few (a faithful replay, whose
+score equals the served one, adds to the fine grids once, its online and replay counts
+packed in one int64 cell; row-level data-quality flags are one add of a flag pattern) and
+close together (the four calibration sums of a cell share a cache line). What was measured,
+kept and dropped: ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -88,8 +96,9 @@ def _fixed(x, scale):
     return np.int64(np.rint(x * scale))
 
 
-#: Rows per chunk of :func:`_accumulate_range`: the per-column work of a chunk (feature cells)
-#: is done column by column, in loops that compile to SIMD code, before the per-row pass.
+#: Rows per chunk of :func:`_accumulate_range`: the per-column work of a chunk (score and
+#: feature bins) is done column by column, in loops that compile to SIMD code, before the
+#: per-row pass (256 and 4096 measured no better).
 _CHUNK = 1024
 
 
