@@ -126,7 +126,7 @@ class _Store:
 
     # ------------------------------------------------------------------ split pieces
     def piece_dir(self, side: str, digest: str) -> Path:
-        return self.split_dir / f"{side}-{digest[:32]}"
+        return self.split_dir / f"{side}-{_digest(digest)[:32]}"
 
     def write_pieces(self, side: str, digest: str, pieces: list[pa.Table]) -> None:
         final = self.piece_dir(side, digest)

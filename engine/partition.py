@@ -296,11 +296,14 @@ def bucket_of(table: pa.Table | pa.RecordBatch, keys: Sequence[str], kinds: Sequ
     """The bucket of each row: a hash of its key, modulo ``n_buckets`` (int64).
 
     Rows with a null key component all go to bucket 0 (they never match, so any one bucket
-    will do, as long as it is always the same).
+    will do, as long as it is always the same). Without a key nothing is joined or
+    deduplicated, so rows are dealt round-robin.
     """
     n = table.num_rows
-    if not keys or n_buckets == 1:
+    if n_buckets == 1:
         return np.zeros(n, dtype=np.int64)
+    if not keys:
+        return np.arange(n, dtype=np.int64) % n_buckets
     h = np.zeros(n, dtype=np.uint64)
     valid = np.ones(n, dtype=bool)
     for k, kind in zip(keys, kinds):

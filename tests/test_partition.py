@@ -43,6 +43,7 @@ from engine.partition import (
     key_kinds,
     merge_partials,
     split_fragment,
+    split_table,
 )
 from engine.pipeline import run_check
 from engine.stats import Accumulator
@@ -206,7 +207,8 @@ def deployment(tmp_path_factory):
     online.mkdir()
     table = pq.read_table(sc.online)
     for i, start in enumerate(range(0, table.num_rows, 7_500)):
-        pq.write_table(table.slice(start, 7_500), online / f"part-{i}.parquet")
+        # 3 row groups a file: with partition_rows 5,000, fragments of 2 and of 1 row groups
+        pq.write_table(table.slice(start, 7_500), online / f"part-{i}.parquet", row_group_size=2_500)
     config = Config(slices=sc.slices, features=sc.features, thresholds=sc.thresholds, partition_rows=5_000)
     build_baseline(sc.evaluation, config, out=root / "bl", backend="cpu")
     return {"root": root, "online": str(online), "offline": sc.offline, "outcomes": sc.outcomes,
@@ -286,10 +288,10 @@ def test_a_changed_input_fragment_is_recomputed(deployment, tmp_path):
     part = online / "part-1.parquet"
     t = pq.read_table(part)
     t = t.set_column(t.schema.get_field_index("score"), "score", pa.compute.multiply(t.column("score"), 0.5))
-    pq.write_table(t, part)
+    pq.write_table(t, part, row_group_size=2_500)  # its two fragments change
     resumed = _check(deployment, online=str(online), checkpoint=ck)
     ex = resumed.run["execution"]
-    assert ex["resumed"] and ex["fragments_reused"] == ex["fragments"] - 1 and ex["buckets_reused"] == 0
+    assert ex["resumed"] and ex["fragments_reused"] == ex["fragments"] - 2 and ex["buckets_reused"] == 0
     assert comparable(resumed) == comparable(_check(deployment, online=str(online)))
     assert len(list((ck / "split").iterdir())) == ex["fragments"]  # the old pieces are gone
 
@@ -379,3 +381,16 @@ def test_partition_column_must_partition_every_table(deployment, by_day, tmp_pat
     with pytest.raises(ConfigError, match="not a directory partitioned by it"):
         _check({**deployment, **by_day, "outcomes": deployment["outcomes"], "config": config},
                checkpoint=tmp_path / "ck")
+
+
+def test_without_a_key_rows_are_dealt_round_robin(deployment, tmp_path):
+    """An online log alone, with no key column: nothing to join or deduplicate."""
+    t = pq.read_table(deployment["online"]).drop_columns(["request_id"])
+    pq.write_table(t, tmp_path / "online.parquet", row_group_size=4_000)
+    dep = {**deployment, "online": str(tmp_path / "online.parquet"), "offline": None, "outcomes": None}
+    single = _check(dep)
+    parted = _check(dep, checkpoint=tmp_path / "ck")
+    assert parted.run["execution"]["buckets"] == 6
+    assert comparable(parted) == comparable(single)
+    sizes = [len(p) for p in split_table(t, [], [], 6)]
+    assert max(sizes) - min(sizes) <= 1
