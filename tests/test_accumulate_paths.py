@@ -165,3 +165,16 @@ def test_fused_threads_split_packed_cells_when_they_could_carry(layout, monkeypa
     monkeypatch.setattr(fused_module, "_PACKED_ROWS", 0)
     b = fused.accumulate(table.to_batches())
     assert a.equal(b)
+
+
+def test_fused_concurrent_callers_do_not_share_work_spaces(layout):
+    """Accumulators called from several Python threads at once (as Dask workers do) give
+    what they give one at a time: each calling thread has its own work spaces."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tables = [_table(110_000, 20 + s) for s in range(4)]
+    acc = Accumulator(layout, CpuKernels(fused=True), paired=True, with_value=True)
+    alone = [acc.accumulate(t.to_batches()) for t in tables]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda t: acc.accumulate(t.to_batches()), tables))
+    assert all(a.equal(b) for a, b in zip(alone, together))
