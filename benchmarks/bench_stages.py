@@ -22,7 +22,8 @@ from engine.bootstrap import CellBootstrap  # noqa: E402
 from engine.expectation import Baseline  # noqa: E402
 from engine.io import open_table  # noqa: E402
 from engine.join import join  # noqa: E402
-from engine.pipeline import _join_spec, _with_key_null  # noqa: E402
+from engine.partition import with_key_null  # noqa: E402
+from engine.pipeline import _join_spec  # noqa: E402
 from engine.stats import Accumulator  # noqa: E402
 from kernels import get_kernels  # noqa: E402
 
@@ -48,7 +49,7 @@ def main() -> None:
     t = time.perf_counter()
     stats = acc.zero()
     for b in batches:
-        stats = acc.update(stats, _with_key_null(b, spec.keys))
+        stats = acc.update(stats, with_key_null(b, spec.keys))
     timings["accumulate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
