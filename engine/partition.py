@@ -25,8 +25,10 @@ key and knows nothing of the duplicate rule; the bucket split is the same hash p
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -163,7 +165,8 @@ class BucketJob:
     memory_limit : str, optional
         DuckDB's memory limit inside one bucket's join.
     threads : int, optional
-        DuckDB threads inside one bucket's join (default: every core).
+        Threads of one piece of work (reading, DuckDB, the accumulator); default: every
+        core, or one on a Dask worker (see :func:`task_threads`).
     fragment_rows : int
         Rows per input fragment read by one split task (Parquet: whole row groups).
     partition_column : str, optional
@@ -322,8 +325,9 @@ def split_table(table: pa.Table, keys: Sequence[str], kinds: Sequence[str], n_bu
     bucket = bucket_of(table, keys, kinds, n_buckets)
     order = np.argsort(bucket, kind="stable")
     bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
-    ordered = table.take(pa.array(order))
-    return [ordered.slice(bounds[j], bounds[j + 1] - bounds[j]) for j in range(n_buckets)]
+    # one take per bucket: each piece owns buffers of its own size (a slice of one big take
+    # would be pickled, or sent to another worker, with the whole table's buffers)
+    return [table.take(pa.array(order[bounds[j] : bounds[j + 1]])) for j in range(n_buckets)]
 
 
 # ------------------------------------------------------------------------------- fragments
@@ -364,7 +368,9 @@ class Fragment:
             return self.source.files[self.index] + groups
         return f"<memory>[{self.rows[0]}:{self.rows[1]}]"
 
-    def read(self, columns: Sequence[str], schema: pa.Schema | None = None) -> pa.Table:
+    def read(
+        self, columns: Sequence[str], schema: pa.Schema | None = None, use_threads: bool = True
+    ) -> pa.Table:
         """The fragment's ``columns`` (hive partition columns included), cast to ``schema``."""
         src = self.source
         try:
@@ -372,9 +378,9 @@ class Fragment:
                 frag = _dataset_fragment(src, self.index)
                 if self.row_groups:
                     frag = frag.subset(row_group_ids=list(self.row_groups))
-                table = frag.to_table(schema=src.dataset.schema, columns=list(columns))
+                table = frag.to_table(schema=src.dataset.schema, columns=list(columns), use_threads=use_threads)
             else:
-                table = src.dataset.to_table(columns=list(columns)).slice(
+                table = src.dataset.to_table(columns=list(columns), use_threads=use_threads).slice(
                     self.rows[0], self.rows[1] - self.rows[0]
                 )
         except (pa.ArrowException, OSError) as exc:
@@ -460,7 +466,7 @@ def split_fragment(job: BucketJob, fragment: Fragment | Any, side: str) -> list[
     """Read one fragment (or a pandas partition of a Dask DataFrame) and split it by bucket."""
     schema = job.schemas.get(side)
     if isinstance(fragment, Fragment):
-        table = fragment.read(job.columns[side], schema)
+        table = fragment.read(job.columns[side], schema, use_threads=task_threads(job) is None)
     else:  # a pandas DataFrame: a partition of a Dask DataFrame
         table = pa.Table.from_pandas(fragment[job.columns[side]], preserve_index=False)
         if schema is not None:
@@ -490,10 +496,16 @@ def join_bucket(
     -------
     Partial
     """
+    threads = task_threads(job)
+
     def table(side: str, pieces: Sequence[pa.Table | Fragment] | None) -> TableSource | None:
         if pieces is None:
             return None
-        pieces = [p.read(job.columns[side], job.schemas.get(side)) if isinstance(p, Fragment) else p for p in pieces]
+        pieces = [
+            p.read(job.columns[side], job.schemas.get(side), use_threads=threads is None)
+            if isinstance(p, Fragment) else p
+            for p in pieces
+        ]
         pieces = [p for p in pieces if p.num_rows] or list(pieces[:1])
         if not pieces:
             return open_table(job.schemas[side].empty_table(), side)
@@ -506,11 +518,43 @@ def join_bucket(
         job.spec,
         batch_size=job.batch_size,
         memory_limit=job.memory_limit,
-        threads=job.threads,
+        threads=threads,
     )
     acc = Accumulator(job.layout, get_kernels(job.backend), paired=job.paired, with_value=job.with_value)
-    stats = accumulate_joined(stream, acc)
+    with _numba_threads(threads):
+        stats = accumulate_joined(stream, acc)
     return Partial(stats, stream.report)
+
+
+def task_threads(job: BucketJob) -> int | None:
+    """Threads one piece of work may use: ``job.threads``; else one on a Dask worker (Dask
+    runs a task per worker thread, as it sets ``OMP_NUM_THREADS=1`` for); else None (every
+    core)."""
+    if job.threads is not None:
+        return job.threads
+    if "distributed" in sys.modules:
+        from distributed import get_worker
+
+        try:
+            get_worker()
+            return 1
+        except ValueError:
+            pass
+    return None
+
+
+@contextlib.contextmanager
+def _numba_threads(threads: int | None) -> Iterator[None]:
+    """Numba's thread count for this thread (numba keeps it per thread) within the block."""
+    if threads is None:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _aligned(table: pa.Table) -> pa.Table:
