@@ -309,11 +309,11 @@ def bucket_of(table: pa.Table | pa.RecordBatch, keys: Sequence[str], kinds: Sequ
         return np.arange(n, dtype=np.int64) % n_buckets
     h = np.zeros(n, dtype=np.uint64)
     valid = np.ones(n, dtype=bool)
-    for k, kind in zip(keys, kinds):
+    for i, (k, kind) in enumerate(zip(keys, kinds)):
         hk, vk = _column_hash(table.column(k), kind)
-        h = _mix(h ^ _mix(hk))
+        h = hk if i == 0 else _mix(h) ^ hk  # one mix per key: the parts do not commute
         valid &= vk
-    bucket = (h % np.uint64(n_buckets)).astype(np.int64)
+    bucket = (_mix(h) % np.uint64(n_buckets)).astype(np.int64)
     bucket[~valid] = 0
     return bucket
 
