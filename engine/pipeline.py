@@ -164,14 +164,7 @@ def run_check(
         acc = Accumulator(layout, kernels, paired=has_offline, with_value=with_value)
         execution: dict[str, Any] = {"mode": "stream"}
         if client is None and checkpoint is None:
-            done = 0
-
-            def advance(rows: int) -> None:
-                nonlocal done
-                done += rows
-                if progress is not None:
-                    progress(done, stream.report.online_rows)
-
+            advance = _rows_done(progress, lambda: stream.report.online_rows)
             partial = Partial(accumulate_joined(stream, acc, advance), stream.report)
         else:
             joined = {s: given[s] if client is not None and is_dask_frame(given[s]) else sources[s]
@@ -184,15 +177,7 @@ def run_check(
                 partial, n_buckets = run_job(client, job, joined, progress=progress is not None)
                 execution = {"mode": "dask", "scheduler": _scheduler_name(client), "buckets": n_buckets}
             else:
-                total = src_on.count_rows()
-                done = 0
-
-                def advance(rows: int) -> None:
-                    nonlocal done
-                    done += rows
-                    if progress is not None:
-                        progress(done, total)
-
+                advance = _rows_done(progress, src_on.count_rows)
                 partial, info = run_checkpointed(job, joined, checkpoint, baseline_id=bl.id, progress=advance)
                 execution = {"mode": "checkpoint", **info}
     stats, report = partial.stats, partial.report
@@ -291,6 +276,19 @@ def _with_model_version(
     else:
         counts = count_values(src_on.batches([column], batch_size=cfg.batch_size), column)
     return layout.with_slice_column(column, top_k_codes(counts, cfg.top_k))
+
+
+def _rows_done(progress: Callable[[int, int], None] | None, total: Callable[[], int]) -> Callable[[int], None]:
+    """A counter of rows done that reports ``(done, total())`` to ``progress``."""
+    done = 0
+
+    def advance(rows: int) -> None:
+        nonlocal done
+        done += rows
+        if progress is not None:
+            progress(done, total())
+
+    return advance
 
 
 def _open(table: Any, role: str) -> TableSource:
