@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from engine.encode import count_values
@@ -109,9 +110,17 @@ def client_for(scheduler: str | Any) -> Iterator[Any]:
 
 
 def _inputs(side: str, source: Any, rows: int) -> list[Any]:
-    """The delayed partitions of a Dask DataFrame, or the ``rows``-row fragments of a table."""
+    """What the split tasks read: the delayed partitions of a Dask DataFrame, the
+    ``rows``-row fragments of files, or ``rows``-row copies of an in-memory table (a
+    fragment of it would carry the whole table into every task's arguments)."""
     if is_dask_frame(source):
         return list(source.to_delayed())
+    if not source.files:
+        table = source.dataset.to_table()
+        return [
+            table.take(pa.array(np.arange(a, min(a + rows, table.num_rows))))
+            for a in range(0, max(table.num_rows, 1), rows)
+        ]
     return fragments(side, source, rows)
 
 
@@ -129,6 +138,8 @@ def _co_partitioned(frames: Sequence[Any], keys: Sequence[str]) -> bool:
 def _count_piece(piece: Fragment | Any, column: str) -> Counter:
     if isinstance(piece, Fragment):
         table = piece.read([column])
+    elif isinstance(piece, pa.Table):
+        table = piece.select([column])
     else:
         table = pa.Table.from_pandas(piece[[column]], preserve_index=False)
     return count_values(table.to_batches(), column)

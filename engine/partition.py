@@ -463,10 +463,15 @@ def fragments_by_value(
 
 
 def split_fragment(job: BucketJob, fragment: Fragment | Any, side: str) -> list[pa.Table]:
-    """Read one fragment (or a pandas partition of a Dask DataFrame) and split it by bucket."""
+    """Read one fragment (or rows of a table, or a pandas partition of a Dask DataFrame) and
+    split it by bucket."""
     schema = job.schemas.get(side)
     if isinstance(fragment, Fragment):
         table = fragment.read(job.columns[side], schema, use_threads=task_threads(job) is None)
+    elif isinstance(fragment, pa.Table):
+        table = fragment.select(job.columns[side])
+        if schema is not None and table.schema != schema:
+            table = table.cast(schema)
     else:  # a pandas DataFrame: a partition of a Dask DataFrame
         table = pa.Table.from_pandas(fragment[job.columns[side]], preserve_index=False)
         if schema is not None:

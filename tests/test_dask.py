@@ -59,6 +59,15 @@ def test_dask_dataframes_give_the_same_result(deployment, single, client):  # no
     assert comparable_data(result) == comparable_data_of(single)
 
 
+def test_in_memory_tables_on_the_cluster(deployment, single, client):  # noqa: F811
+    """pandas / Arrow tables held by the caller: cut into row ranges, each sent once."""
+    tables = {s: pq.read_table(deployment[s]) for s in ("online", "offline", "outcomes")}
+    tables["online"] = tables["online"].to_pandas(types_mapper=pd.ArrowDtype)
+    result = _check(deployment, **tables, scheduler=client)
+    assert result.run["execution"]["buckets"] == 6
+    assert comparable_data(result) == comparable_data_of(single)
+
+
 def test_co_partitioned_dataframes_are_joined_in_place(deployment, single, client):  # noqa: F811
     """Indexed by the key with the same divisions: partition j of each is bucket j."""
     frames = {s: f.set_index("request_id") for s, f in _frames(deployment, 3).items()}
