@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
 
 import numba
 import numpy as np
@@ -53,7 +52,7 @@ import numpy as np
 from engine import measure as ME
 from engine.encode import Layout
 from engine.metrics import aggregate_bins
-from engine.measure import Grids, MetricKey, Resolution
+from engine.measure import Grids, MetricKey
 
 ROLE_BASELINE = 0
 ROLE_ONLINE = 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import os
 import pathlib
 import signal
 import subprocess
@@ -19,7 +18,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
