@@ -39,6 +39,7 @@ from engine.partition import (
     Partial,
     fragments,
     fragments_by_value,
+    frame_to_arrow,
     join_bucket,
     merge_partials,
     split_fragment,
@@ -141,7 +142,7 @@ def _count_piece(piece: Fragment | Any, column: str) -> Counter:
     elif isinstance(piece, pa.Table):
         table = piece.select([column])
     else:
-        table = pa.Table.from_pandas(piece[[column]], preserve_index=False)
+        table = frame_to_arrow(piece[[column]])
     return count_values(table.to_batches(), column)
 
 

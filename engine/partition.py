@@ -462,6 +462,14 @@ def fragments_by_value(
     return dict(sorted(by_value.items()))
 
 
+def frame_to_arrow(frame: Any) -> pa.Table:
+    """A partition of a Dask DataFrame as Arrow: pandas, or cuDF on GPU workers (its own
+    ``to_arrow``), without the index."""
+    if type(frame).__module__.startswith("cudf"):  # pragma: no cover - no cuDF here
+        return frame.to_arrow(preserve_index=False)
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
 def split_fragment(job: BucketJob, fragment: Fragment | Any, side: str) -> list[pa.Table]:
     """Read one fragment (or rows of a table, or a pandas partition of a Dask DataFrame) and
     split it by bucket."""
@@ -473,7 +481,7 @@ def split_fragment(job: BucketJob, fragment: Fragment | Any, side: str) -> list[
         if schema is not None and table.schema != schema:
             table = table.cast(schema)
     else:  # a pandas DataFrame: a partition of a Dask DataFrame
-        table = pa.Table.from_pandas(fragment[job.columns[side]], preserve_index=False)
+        table = frame_to_arrow(fragment[job.columns[side]])
         if schema is not None:
             table = table.cast(schema)
     return split_table(table, job.spec.keys, job.key_kinds, job.n_buckets)

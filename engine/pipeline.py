@@ -31,7 +31,7 @@ from engine.expectation import Baseline
 from engine.io import TableSource, open_table
 from engine.join import JoinSpec, join
 from engine.result import CheckResult
-from engine.partition import BucketJob, Partial, accumulate_joined, n_buckets_for
+from engine.partition import BucketJob, Partial, accumulate_joined, frame_to_arrow, n_buckets_for
 from engine.stats import Accumulator
 from kernels import get_kernels
 
@@ -297,7 +297,7 @@ def _open(table: Any, role: str) -> TableSource:
         meta = table._meta_nonempty
         if table.index.name is not None and table.index.name not in meta.columns:
             meta = meta.reset_index()  # a key kept as the index (co-partitioned inputs)
-        return open_table(pa.Schema.from_pandas(meta, preserve_index=False).empty_table(), role)
+        return open_table(frame_to_arrow(meta).schema.empty_table(), role)
     return open_table(table, role)
 
 
