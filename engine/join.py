@@ -872,8 +872,10 @@ class JoinedStream:
         msg = str(exc).strip().splitlines()[0]
         if isinstance(exc, duckdb.OutOfMemoryException):
             return JoinError(
-                f"The join ran out of memory ({msg}). Raise memory_limit, or give DuckDB a "
-                "temporary directory with more free disk (temp_dir)."
+                f"The join ran out of memory ({msg}). Raise duckdb_memory_limit in the "
+                "config, or run partitioned (--checkpoint DIR, or --scheduler): each key "
+                "bucket of about partition_rows rows is then joined on its own, so the memory "
+                "needed does not grow with the tables."
             )
         if isinstance(
             exc, (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException)

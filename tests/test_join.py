@@ -607,3 +607,16 @@ def test_corrupt_file_found_while_joining(tmp_path: pathlib.Path) -> None:
     src = open_table(d, "offline")
     with pytest.raises(SchemaError, match="offline table"):
         JoinedStream(open_table(t, "online"), src, None, JoinSpec(), aligned="never").read_all()
+
+
+def test_out_of_memory_is_a_join_error_that_says_what_to_do() -> None:
+    rng = np.random.default_rng(0)
+    n = 300_000
+    on = pa.table({"request_id": rng.permutation(n), "score": rng.random(n)})
+    off = pa.table({"request_id": rng.permutation(n), "score": rng.random(n)})
+    stream = JoinedStream(
+        open_table(on, "online"), open_table(off, "offline"), None, JoinSpec(),
+        memory_limit="1MB", aligned="never",
+    )
+    with pytest.raises(JoinError, match="ran out of memory.*duckdb_memory_limit.*--checkpoint"):
+        stream.read_all()
