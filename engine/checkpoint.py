@@ -208,12 +208,18 @@ def run_checkpointed(
         "fragments", "fragments_reused"}`` (``fragments_reused`` is None with
         ``partition_column``: nothing is split then).
     """
-    store = _Store(root, _plan_identity(job, baseline_id), job.n_buckets)
-    job = replace(job, n_buckets=store.n_buckets)
-    if job.partition_column is not None:
-        partials, info = _by_value(store, job, sources, progress)
-    else:
-        partials, info = _by_key_hash(store, job, sources, progress)
+    try:
+        store = _Store(root, _plan_identity(job, baseline_id), job.n_buckets)
+        job = replace(job, n_buckets=store.n_buckets)
+        if job.partition_column is not None:
+            partials, info = _by_value(store, job, sources, progress)
+        else:
+            partials, info = _by_key_hash(store, job, sources, progress)
+    except OSError as exc:  # a full disk, a read-only or vanished directory
+        raise ConfigError(
+            f"Could not use the checkpoint directory '{root}': {exc.strerror or exc}. "
+            "Give a directory with room for the columns the check reads."
+        ) from exc
     return merge_partials(partials), {"resumed": store.resumed, **info}
 
 

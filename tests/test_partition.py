@@ -392,3 +392,9 @@ def test_without_a_key_rows_are_dealt_round_robin(deployment, tmp_path):
     assert comparable(parted) == comparable(single)
     sizes = [len(p) for p in split_table(t, [], [], 6)]
     assert max(sizes) - min(sizes) <= 1
+
+
+def test_unwritable_checkpoint_directory_is_exit_2_material(deployment, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(ConfigError, match="checkpoint"):
+        _check(deployment, checkpoint=tmp_path / "file" / "ck")
