@@ -263,6 +263,7 @@ class TableSource:
         self._base_dir = base_dir
         self._rows: int | None = None
         self._fingerprint: InputFingerprint | None = None
+        self._file_digests: dict[int, str] = {}
 
     def __repr__(self) -> str:
         return f"TableSource(role={self.role!r}, path={self.path!r}, format={self.format!r})"
@@ -450,9 +451,11 @@ class TableSource:
         str
             A hex digest.
         """
-        h = hashlib.sha256()
-        self._hash_file(index, h)
-        return h.hexdigest()
+        if index not in self._file_digests:  # a file cut into several fragments: read once
+            h = hashlib.sha256()
+            self._hash_file(index, h)
+            self._file_digests[index] = h.hexdigest()
+        return self._file_digests[index]
 
     def _hash_file(self, index: int, h: Any) -> int:
         """Feed one file's identity and content summary to ``h``; return its size."""

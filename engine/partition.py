@@ -351,6 +351,8 @@ class Fragment:
         ``(start, stop)`` rows of an in-memory table.
     partition : tuple of (str, str)
         The file's hive partition values (``(("date", "2026-11-05"),)``), as strings.
+    expression : pyarrow.dataset.Expression, optional
+        The file's partition expression (fills the hive columns when it is read).
     """
 
     side: str
@@ -359,6 +361,7 @@ class Fragment:
     row_groups: tuple[int, ...] = ()
     rows: tuple[int, int] = (0, 0)
     partition: tuple[tuple[str, str], ...] = ()
+    expression: Any = None
 
     @property
     def name(self) -> str:
@@ -375,7 +378,11 @@ class Fragment:
         src = self.source
         try:
             if self.index >= 0:
-                frag = _dataset_fragment(src, self.index)
+                # made from its path (a task never lists the dataset's other files)
+                frag = src.dataset.format.make_fragment(
+                    src.files[self.index], filesystem=src.dataset.filesystem,
+                    partition_expression=self.expression,
+                )
                 if self.row_groups:
                     frag = frag.subset(row_group_ids=list(self.row_groups))
                 table = frag.to_table(schema=src.dataset.schema, columns=list(columns), use_threads=use_threads)
@@ -394,14 +401,6 @@ class Fragment:
         return f"{self.source.fingerprint().content_hash}:{self.rows[0]}:{self.rows[1]}"
 
 
-def _dataset_fragment(src: TableSource, index: int) -> Any:
-    path = src.files[index]
-    for frag in src.dataset.get_fragments():
-        if frag.path == path:
-            return frag
-    raise SchemaError(f"The file '{path}' of {src.where} disappeared while it was read.")
-
-
 def fragments(side: str, src: TableSource, rows: int = MEMORY_FRAGMENT_ROWS) -> list[Fragment]:
     """The fragments of one input, of about ``rows`` rows where the input allows.
 
@@ -415,10 +414,11 @@ def fragments(side: str, src: TableSource, rows: int = MEMORY_FRAGMENT_ROWS) -> 
     out = []
     for frag in src.dataset.get_fragments():
         i = index[frag.path]
-        keys = ds.get_partition_keys(frag.partition_expression) or {}
+        expression = frag.partition_expression
+        keys = ds.get_partition_keys(expression) or {}
         partition = tuple(sorted((k, str(v)) for k, v in keys.items()))
         if src.format != "parquet":
-            out.append(Fragment(side, src, i, partition=partition))
+            out.append(Fragment(side, src, i, partition=partition, expression=expression))
             continue
         try:
             frag.ensure_complete_metadata()
@@ -429,11 +429,11 @@ def fragments(side: str, src: TableSource, rows: int = MEMORY_FRAGMENT_ROWS) -> 
         n = 0
         for g, size in enumerate(sizes):
             if group and n + size > rows:
-                out.append(Fragment(side, src, i, tuple(group), partition=partition))
+                out.append(Fragment(side, src, i, tuple(group), partition=partition, expression=expression))
                 group, n = [], 0
             group.append(g)
             n += size
-        out.append(Fragment(side, src, i, tuple(group), partition=partition))
+        out.append(Fragment(side, src, i, tuple(group), partition=partition, expression=expression))
     return sorted(out, key=lambda f: (f.index, f.row_groups))
 
 
