@@ -116,13 +116,10 @@ def _inputs(side: str, source: Any, rows: int) -> list[Any]:
     fragment of it would carry the whole table into every task's arguments)."""
     if is_dask_frame(source):
         return list(source.to_delayed())
-    if not source.files:
-        table = source.dataset.to_table()
-        return [
-            table.take(pa.array(np.arange(a, min(a + rows, table.num_rows))))
-            for a in range(0, max(table.num_rows, 1), rows)
-        ]
-    return fragments(side, source, rows)
+    parts = fragments(side, source, rows)
+    if not source.files:  # a compact copy of each slice: a slice would be sent with the whole table
+        return [source.memory_rows(*f.rows).take(pa.array(np.arange(f.rows[1] - f.rows[0]))) for f in parts]
+    return parts
 
 
 def _co_partitioned(frames: Sequence[Any], keys: Sequence[str]) -> bool:

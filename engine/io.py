@@ -394,6 +394,19 @@ class TableSource:
             else:
                 yield frag
 
+    def memory_rows(self, start: int, stop: int, columns: Sequence[str] | None = None) -> pa.Table:
+        """Rows ``[start, stop)`` of an in-memory table (zero-copy: a slice of it).
+
+        Raises
+        ------
+        ValueError
+            When the table is not in memory (files are read by fragment).
+        """
+        if self._table is None:
+            raise ValueError(f"{self.where} is not an in-memory table")
+        table = self._table if columns is None else self._table.select(list(columns))
+        return table.slice(start, stop - start)
+
     def count_rows(self) -> int:
         """The number of rows (from Parquet metadata where possible; CSV files are parsed).
 

@@ -387,9 +387,7 @@ class Fragment:
                     frag = frag.subset(row_group_ids=list(self.row_groups))
                 table = frag.to_table(schema=src.dataset.schema, columns=list(columns), use_threads=use_threads)
             else:
-                table = src.dataset.to_table(columns=list(columns), use_threads=use_threads).slice(
-                    self.rows[0], self.rows[1] - self.rows[0]
-                )
+                table = src.memory_rows(*self.rows, columns)
         except (pa.ArrowException, OSError) as exc:
             raise SchemaError(f"Could not read '{self.name}' of {src.where}: {exc}") from exc
         return table.cast(schema) if schema is not None and table.schema != schema else table
