@@ -471,17 +471,15 @@ def frame_to_arrow(frame: Any) -> pa.Table:
 def split_fragment(job: BucketJob, fragment: Fragment | Any, side: str) -> list[pa.Table]:
     """Read one fragment (or rows of a table, or a pandas partition of a Dask DataFrame) and
     split it by bucket."""
-    schema = job.schemas.get(side)
+    columns, schema = job.columns[side], job.schemas.get(side)
     if isinstance(fragment, Fragment):
-        table = fragment.read(job.columns[side], schema, use_threads=task_threads(job) is None)
+        table = fragment.read(columns, use_threads=task_threads(job) is None)
     elif isinstance(fragment, pa.Table):
-        table = fragment.select(job.columns[side])
-        if schema is not None and table.schema != schema:
-            table = table.cast(schema)
+        table = fragment.select(columns)
     else:  # a pandas DataFrame: a partition of a Dask DataFrame
-        table = frame_to_arrow(fragment[job.columns[side]])
-        if schema is not None:
-            table = table.cast(schema)
+        table = frame_to_arrow(fragment[columns])
+    if schema is not None and table.schema != schema:
+        table = table.cast(schema)
     return split_table(table, job.spec.keys, job.key_kinds, job.n_buckets)
 
 
