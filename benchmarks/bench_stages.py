@@ -32,10 +32,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--data", default=str(Path(__file__).parent / "data"))
+    ap.add_argument("--backend", default="cpu", help="cpu | gpu")
     args = ap.parse_args()
     root = Path(args.data) / f"check_{args.rows}"
     bl = Baseline.load(root / "baseline")
-    cfg, layout, kernels = bl.config, bl.layout, get_kernels("cpu")
+    cfg, layout, kernels = bl.config, bl.layout, get_kernels(args.backend)
     src = {r: open_table(str(root / f"{r}.parquet"), r) for r in ("online", "offline", "outcomes")}
     spec = _join_spec(cfg, layout, src["online"], src["offline"], src["outcomes"])
     timings = {}
@@ -56,7 +57,7 @@ def main() -> None:
     g_on, g_base = ME.grids_from_statistics(stats, layout), ME.grids_from_statistics(bl.statistics, layout)
     CellBootstrap(layout, kernels, replicates=cfg.bootstrap, seed=0).run(g_on, g_base)
     timings["bootstrap_s"] = time.perf_counter() - t
-    print(json.dumps({k: round(v, 3) for k, v in timings.items()} | {"rows": args.rows}, indent=2))
+    print(json.dumps({k: round(v, 3) for k, v in timings.items()} | {"rows": args.rows, "backend": args.backend}, indent=2))
 
 
 if __name__ == "__main__":
