@@ -156,7 +156,7 @@ class CellBootstrap:
     def _poisson(self, counts: np.ndarray, keys: np.ndarray, role: int, rep_start: int, n_reps: int) -> np.ndarray:
         # empty cells draw 0 without touching the generator
         draws = self.kernels.poisson_cells(
-            self.seed, role, keys.reshape(-1), counts.reshape(-1).astype(np.float64), rep_start, n_reps
+            self.seed, role, keys.reshape(-1), counts.reshape(-1), rep_start, n_reps
         )
         return draws.reshape((n_reps,) + counts.shape)
 

@@ -25,10 +25,11 @@ dq         (S, Q)                   data-quality flags (see ``DQ_FLAGS``), plus 
 Label states are 0 (negative), 1 (positive), 2 (missing or invalid: never a negative).
 
 Exactness across backends: counts and the sums of p, p^2, |delta| and values are identical
-on every backend (IEEE products rounded to fixed point). The log-loss terms go through the
-platform's ``log``: the two CPU paths share one compiled function and agree to the bit, but a
-GPU's ``log`` may differ from the CPU's in the last ulp, which changes the fixed-point term
-of about one row in a million by 2**-32.
+on every backend (IEEE products rounded to fixed point). The log-loss terms go through
+``log``: every path computes them on the host with one compiled function
+(``kernels.cpu_fused.log_loss_terms``), so they agree to the bit; a future device-side log
+(libdevice) could differ in the last ulp, changing the fixed-point term of about one row in
+a million by 2**-32.
 """
 
 from __future__ import annotations

@@ -88,15 +88,17 @@ class Kernels(Protocol):
         seed: int,
         role: int,
         cell_keys: np.ndarray,
-        lam: np.ndarray,
+        counts: np.ndarray,
         rep_start: int,
         n_reps: int,
     ) -> np.ndarray:
-        """Poisson(``lam``) draws per (cell, replicate) from a counter-based generator.
+        """Poisson(``counts``) draws per (cell, replicate) from a counter-based generator.
 
-        The draw for replicate ``r`` of a cell is a pure function of
-        ``(seed, role, cell_keys[c], r)`` and ``lam[c]``: any chunk of replicates, any order
-        of cells, gives the same numbers.
+        A cell of ``n`` rows is redrawn as Poisson(n), the sum of its rows' Poisson(1)
+        weights. The draw for replicate ``r`` of a cell is a pure function of
+        ``(seed, role, cell_keys[c], r)`` and ``counts[c]``, computed in integer arithmetic
+        (``kernels._rng``): any chunk of replicates, any order of cells, any backend gives
+        the same numbers.
 
         Parameters
         ----------
@@ -105,7 +107,8 @@ class Kernels(Protocol):
             Stream id (0 baseline, 1 online, ...): different roles give independent draws.
         cell_keys : (C,) uint64
             The cells' meanings, hashed (not array positions).
-        lam : (C,) float64 >= 0
+        counts : (C,) non-negative integers below 2**42 (an integer or float dtype holding
+            whole numbers; anything else is a ValueError)
         rep_start, n_reps : int
             Replicates ``rep_start .. rep_start + n_reps - 1``.
 

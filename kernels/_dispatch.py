@@ -26,10 +26,37 @@ def gpu_problem(allow_simulator: bool = True) -> str | None:
     try:
         if not cuda.is_available():
             return "no CUDA driver or device was found (numba.cuda.is_available() is False)"
-        cuda.detect()
     except Exception as exc:
         return f"the CUDA device cannot be used ({exc})"
+    return _device_probe()
+
+
+@functools.lru_cache(maxsize=1)
+def _device_probe() -> str | None:
+    """Compile and run a one-line kernel once per process: None when it works.
+
+    A device can be present while numba-cuda cannot compile for it (seen on an H200 image
+    whose numpy 2.5 lacked a function numba-cuda 0.30 imports): better to find out here,
+    where ``auto`` can still fall back to the CPU, than at the first launch of a check.
+    """
+    try:
+        _run_probe()
+    except Exception as exc:
+        return f"numba-cuda cannot compile or run a kernel here ({type(exc).__name__}: {exc})"
     return None
+
+
+def _run_probe() -> None:
+    import numpy as np
+    from numba import cuda
+
+    from kernels.cuda._kernels import probe_kernel
+
+    out = cuda.device_array(4, dtype=np.int64)
+    probe_kernel[1, 4](out)
+    got = out.copy_to_host().tolist()
+    if got != [1, 2, 3, 4]:
+        raise RuntimeError(f"a test kernel wrote {got} instead of [1, 2, 3, 4]")
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,8 +9,6 @@ end (integer addition: the result does not depend on the number of threads).
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 from numba import njit, prange
@@ -20,11 +18,10 @@ from kernels.cpu_fused import _key_bin
 
 _RNG = _rng.build(njit(inline="always", cache=True))
 _cell_base, _draw_hash = _RNG.cell_base, _RNG.draw_hash
-_poisson, _normal, _poisson1, _uniform = _RNG.poisson, _RNG.normal, _RNG.poisson1, _RNG.uniform
+_poisson, _normal, _poisson1 = _RNG.poisson, _RNG.normal, _RNG.poisson1
 
 #: Rows per parallel chunk; a chunk owns a private histogram.
 _CHUNK_ROWS = 1 << 18
-_CUTOFF = _rng.POISSON_INVERSION_CUTOFF
 _LUT_BITS = 16
 
 
@@ -111,52 +108,20 @@ def _histogram(outer, outer_offsets, inner, inner_size, n_cells, weights, n_chun
 
 # --------------------------------------------------------------------------- draws
 @njit(parallel=True, cache=True)
-def _poisson_cells(base, keys, lam, rep_start, n_reps, out):
+def _poisson_cells(base, keys, counts, rep_start, n_reps, ztab, ptab, out):
     for c in prange(keys.shape[0]):
         cb = _cell_base(base, keys[c])
-        lc = lam[c]
-        if lc <= 0.0:
-            for r in range(n_reps):
-                out[r, c] = 0
-        elif lc < _CUTOFF:
-            # The inversion's CDF, built once per cell with exactly the arithmetic of the
-            # scalar ``poisson`` (so the draws are identical), then searched per replicate.
-            table = np.empty(201, dtype=np.float64)
-            p = math.exp(-lc)
-            acc = p
-            table[0] = acc
-            last = 0
-            while last < 200:
-                p = p * lc / (last + 1)
-                if acc + p == acc:
-                    break
-                acc += p
-                last += 1
-                table[last] = acc
-            for r in range(n_reps):
-                u = _uniform(_draw_hash(cb, rep_start + r))
-                if u > table[last]:
-                    out[r, c] = 200 if last == 200 else _poisson(lc, _draw_hash(cb, rep_start + r))
-                    continue
-                lo, hi = 0, last  # smallest k with u <= table[k]
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if u > table[mid]:
-                        lo = mid + 1
-                    else:
-                        hi = mid
-                out[r, c] = lo
-        else:
-            for r in range(n_reps):
-                out[r, c] = _poisson(lc, _draw_hash(cb, rep_start + r))
+        n = counts[c]
+        for r in range(n_reps):
+            out[r, c] = _poisson(n, _draw_hash(cb, rep_start + r), ztab, ptab) if n > 0 else 0
 
 
 @njit(parallel=True, cache=True)
-def _normal_cells(base, keys, rep_start, n_reps, out):
+def _normal_cells(base, keys, rep_start, n_reps, ztab, out):
     for c in prange(keys.shape[0]):
         cb = _cell_base(base, keys[c])
         for r in range(n_reps):
-            out[r, c] = _normal(_draw_hash(cb, rep_start + r))
+            out[r, c] = _normal(_draw_hash(cb, rep_start + r), ztab)
 
 
 @njit(parallel=True, cache=True)
@@ -215,19 +180,19 @@ class CpuKernels:
             n_chunks,
         )
 
-    def poisson_cells(self, seed, role, cell_keys, lam, rep_start, n_reps):
+    def poisson_cells(self, seed, role, cell_keys, counts, rep_start, n_reps):
         keys = np.ascontiguousarray(cell_keys, dtype=np.uint64)
-        lam = np.ascontiguousarray(np.broadcast_to(lam, keys.shape), dtype=np.float64)
+        counts = _rng.as_counts(counts, keys.shape[0])
         out = np.empty((n_reps, keys.shape[0]), dtype=np.int64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_POISSON))
-        _poisson_cells(base, keys, lam, rep_start, n_reps, out)
+        _poisson_cells(base, keys, counts, rep_start, n_reps, _rng.NORMAL_TABLE, _rng.POISSON_TABLE, out)
         return out
 
     def normal_cells(self, seed, role, cell_keys, rep_start, n_reps):
         keys = np.ascontiguousarray(cell_keys, dtype=np.uint64)
         out = np.empty((n_reps, keys.shape[0]), dtype=np.float64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_NORMAL))
-        _normal_cells(base, keys, rep_start, n_reps, out)
+        _normal_cells(base, keys, rep_start, n_reps, _rng.NORMAL_TABLE, out)
         return out
 
     def unit_weights(self, seed, unit_ids, rep_start, n_reps):

@@ -1,8 +1,8 @@
 """Pure numpy oracles: the semantics every backend must reproduce.
 
 These are written for clarity, not speed; ``kernels.cpu`` is the fast CPU path and is
-tested against them. Counts must match exactly; Poisson and normal draws match to the last
-bit except where a transcendental function differs by an ulp between libraries.
+tested against them. Everything must match exactly, the Poisson and normal draws too (the
+generator is integer arithmetic, see ``kernels._rng``).
 """
 
 from __future__ import annotations
@@ -67,63 +67,47 @@ def _hashes(seed: int, role: int, stream: int, keys: np.ndarray, rep_start: int,
         return _mix64(cbase[None, :] + reps[:, None] * _U64(_rng.GOLDEN))
 
 
-def _uniform(h: np.ndarray) -> np.ndarray:
-    return ((h >> _U64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
+def _normal_fixed(h: np.ndarray) -> np.ndarray:
+    """Normal draws in units of ``2**-NORMAL_BITS``: the table interpolation of ``kernels._rng``."""
+    v = h & _U64((1 << 63) - 1)
+    v = np.where(v == 0, _U64(1), v)
+    lead = np.zeros(v.shape, dtype=np.int64)  # position of the leading one
+    for step in (32, 16, 8, 4, 2, 1):
+        lead += np.where((v >> (lead + step).astype(np.uint64)) != 0, step, 0)
+    t = v - (_U64(1) << lead.astype(np.uint64))
+    place = _rng.NORMAL_SEGMENT_BITS + _rng.NORMAL_FRACTION_BITS
+    down = np.maximum(lead - place, 0).astype(np.uint64)
+    up = np.maximum(place - lead, 0).astype(np.uint64)
+    m = ((t >> down) << up).astype(np.int64)
+    j = m >> _rng.NORMAL_FRACTION_BITS
+    f = m & ((1 << _rng.NORMAL_FRACTION_BITS) - 1)
+    t0 = _rng.NORMAL_TABLE[62 - lead, j]
+    t1 = _rng.NORMAL_TABLE[62 - lead, j + 1]
+    z = t0 - (((t0 - t1) * f) >> _rng.NORMAL_FRACTION_BITS)
+    return np.where((h >> _U64(63)) != 0, z, -z)
 
 
 def _normal(h: np.ndarray) -> np.ndarray:
-    """Acklam's inverse normal CDF at one uniform (see ``kernels._rng``)."""
-    p = _uniform(h)
-    a, b, c, d = _rng.ACKLAM_A, _rng.ACKLAM_B, _rng.ACKLAM_C, _rng.ACKLAM_D
-
-    def tail(q):
-        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
-            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0
-        )
-
-    out = np.empty_like(p)
-    low, high = p < _rng.ACKLAM_LOW, p > 1.0 - _rng.ACKLAM_LOW
-    mid = ~(low | high)
-    out[low] = tail(np.sqrt(-2.0 * np.log(p[low])))
-    out[high] = -tail(np.sqrt(-2.0 * np.log(1.0 - p[high])))
-    q = p[mid] - 0.5
-    r = q * q
-    out[mid] = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (
-        ((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0
-    )
-    return out
+    return _normal_fixed(h).astype(np.float64) * 2.0**-_rng.NORMAL_BITS
 
 
-def poisson_cells(seed, role, cell_keys, lam, rep_start, n_reps) -> np.ndarray:
+def poisson_cells(seed, role, cell_keys, counts, rep_start, n_reps) -> np.ndarray:
     """Poisson draws per (replicate, cell); see :meth:`kernels._api.Kernels.poisson_cells`."""
-    lam = np.broadcast_to(np.asarray(lam, dtype=np.float64), (len(cell_keys),))
+    n = np.broadcast_to(_rng.as_counts(counts, len(cell_keys)), (n_reps, len(cell_keys)))
     h = _hashes(seed, role, _rng.STREAM_POISSON, cell_keys, rep_start, n_reps)
     out = np.zeros(h.shape, dtype=np.int64)
-    lam2 = np.broadcast_to(lam, h.shape)
-    small = (lam2 > 0) & (lam2 < _rng.POISSON_INVERSION_CUTOFF)
-    # inversion, vectorised over the still-active draws
-    idx = np.nonzero(small)
-    u = _uniform(h[idx])
-    lam_s = lam2[idx]
-    p = np.exp(-lam_s)
-    cdf = p.copy()
-    k = np.zeros(u.shape, dtype=np.int64)
-    active = u > cdf
-    step = 0
-    while active.any() and step < 200:
-        step += 1
-        a = np.nonzero(active)[0]
-        k[a] += 1
-        p[a] = p[a] * lam_s[a] / k[a]
-        cdf[a] += p[a]
-        active[a] = u[a] > cdf[a]
-    out[idx] = k
-    large = lam2 >= _rng.POISSON_INVERSION_CUTOFF
+    small = (n > 0) & (n < _rng.POISSON_INVERSION_CUTOFF)
+    for count in np.unique(n[small]):  # inversion: thresholds at or below the uniform
+        at = n == count
+        out[at] = np.searchsorted(_rng.POISSON_TABLE[count], h[at] >> _U64(11), side="right")
+    large = n >= _rng.POISSON_INVERSION_CUTOFF
     if large.any():
-        z = _normal(h[large])
-        lam_l = lam2[large]
-        x = np.floor(lam_l + np.sqrt(lam_l) * z + (z * z - 1.0) / 6.0 + 0.5)
-        out[large] = np.maximum(x, 0.0).astype(np.int64)
+        z = _normal_fixed(h[large])
+        w = _rng.CF_BITS
+        spread = np.floor(np.sqrt(n[large].astype(np.float64)) * (z * 2.0**-_rng.NORMAL_BITS) * 2.0**w)
+        skew = ((z * z) >> (2 * _rng.NORMAL_BITS - w)) + 5 * 2**w
+        total = n[large] * 2**w + spread.astype(np.int64) + skew // 6 - 2**w + 2 ** (w - 1)
+        out[large] = np.maximum(total, 0) >> w
     return out
 
 

@@ -40,7 +40,7 @@ def _device_jit(fn):
 
 
 #: The counter-based generator of ``kernels._rng``, compiled for the device: the same
-#: algorithm as the CPU backend, so draws agree up to ulps of exp/log/cos.
+#: integer algorithm as the CPU backend, so draws are bit-identical.
 _RNG = _rng.build(_device_jit)
 _cell_base, _draw_hash = _RNG.cell_base, _RNG.draw_hash
 _poisson, _normal, _poisson1 = _RNG.poisson, _RNG.normal, _RNG.poisson1
@@ -175,27 +175,27 @@ def histogram_kernel(
 
 # --------------------------------------------------------------------------- draws
 @cuda.jit
-def poisson_cells_kernel(base, keys, lam, rep_start, n_reps, out):
-    """``out[r, c] = Poisson(lam[c])`` for replicate ``rep_start + r``; flat over (r, c)."""
+def poisson_cells_kernel(base, keys, counts, rep_start, n_reps, ztab, ptab, out):
+    """``out[r, c] = Poisson(counts[c])`` for replicate ``rep_start + r``; flat over (r, c)."""
     n_keys = keys.shape[0]
     for k in range(cuda.grid(1), n_reps * n_keys, cuda.gridsize(1)):
         r = k // n_keys
         c = k - r * n_keys
-        lc = lam[c]
-        if lc <= 0.0:
+        n = counts[c]
+        if n <= 0:
             out[r, c] = 0
         else:
-            out[r, c] = _poisson(lc, _draw_hash(_cell_base(base, keys[c]), rep_start + r))
+            out[r, c] = _poisson(n, _draw_hash(_cell_base(base, keys[c]), rep_start + r), ztab, ptab)
 
 
 @cuda.jit
-def normal_cells_kernel(base, keys, rep_start, n_reps, out):
+def normal_cells_kernel(base, keys, rep_start, n_reps, ztab, out):
     """``out[r, c]`` = standard normal for replicate ``rep_start + r``; flat over (r, c)."""
     n_keys = keys.shape[0]
     for k in range(cuda.grid(1), n_reps * n_keys, cuda.gridsize(1)):
         r = k // n_keys
         c = k - r * n_keys
-        out[r, c] = _normal(_draw_hash(_cell_base(base, keys[c]), rep_start + r))
+        out[r, c] = _normal(_draw_hash(_cell_base(base, keys[c]), rep_start + r), ztab)
 
 
 @cuda.jit
@@ -206,6 +206,15 @@ def unit_weights_kernel(base, ids, rep_start, n_reps, thresholds, out):
         r = k // n
         i = k - r * n
         out[r, i] = _poisson1(_draw_hash(_cell_base(base, ids[i]), rep_start + r), thresholds)
+
+
+# --------------------------------------------------------------------------- probe
+@cuda.jit
+def probe_kernel(out):
+    """``out[i] = i + 1``: whether kernels compile and run here (``kernels.gpu_problem``)."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i] = i + 1
 
 
 # --------------------------------------------------------------------------- copies

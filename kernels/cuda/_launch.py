@@ -89,8 +89,8 @@ class CudaKernels:
 
     Notes
     -----
-    Results are identical to ``kernels.cpu.CpuKernels``: counts, sums, binning and unit
-    weights bit for bit; Poisson and normal draws up to an ulp of the device's exp/log/cos.
+    Results are identical to ``kernels.cpu.CpuKernels`` bit for bit: counts, sums, binning,
+    unit weights, Poisson and normal draws (integer arithmetic, see ``kernels._rng``).
     """
 
     name = "gpu"
@@ -133,6 +133,7 @@ class CudaKernels:
         self._edge_cache: dict[bytes, Any] = {}
         self._thresholds: Any = None
         self._no_weights: Any = None
+        self._rng_tables: tuple[Any, Any] | None = None
 
     def __repr__(self) -> str:
         return f"CudaKernels(blocks={self.blocks}, threads={self.threads})"
@@ -363,11 +364,15 @@ class CudaKernels:
         seed: int,
         role: int,
         cell_keys: ArrayLike,
-        lam: ArrayLike,
+        counts: ArrayLike,
         rep_start: int,
         n_reps: int,
     ) -> np.ndarray:
-        """Poisson(``lam``) per (replicate, cell); see ``kernels._api.Kernels.poisson_cells``.
+        """Poisson(``counts``) per (replicate, cell); see ``kernels._api.Kernels.poisson_cells``.
+
+        Parameters
+        ----------
+        counts : (C,) whole numbers, host; or an int64 device array (not checked)
 
         Returns
         -------
@@ -375,17 +380,17 @@ class CudaKernels:
         """
         keys = self._keys(cell_keys, "cell_keys")
         n_keys = keys.shape[0]
-        if is_device_array(lam):
-            lam_d = _as_device(lam, np.float64, "lam")
+        if is_device_array(counts):
+            counts_d = _as_device(counts, np.int64, "counts")
         else:
-            lam_h = np.broadcast_to(np.asarray(lam, dtype=np.float64), (n_keys,))
-            lam_d = cuda.to_device(np.ascontiguousarray(lam_h))
+            counts_d = cuda.to_device(_rng.as_counts(counts, n_keys))
         if n_reps <= 0 or n_keys == 0:
             return np.zeros((max(n_reps, 0), n_keys), dtype=np.int64)
         out = cuda.device_array((n_reps, n_keys), dtype=np.int64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_POISSON))
+        ztab, ptab = self._tables()
         _kernels.poisson_cells_kernel[self._grid(n_reps * n_keys)](
-            base, keys, lam_d, int(rep_start), int(n_reps), out
+            base, keys, counts_d, int(rep_start), int(n_reps), ztab, ptab, out
         )
         return out.copy_to_host()
 
@@ -405,7 +410,7 @@ class CudaKernels:
         out = cuda.device_array((n_reps, n_keys), dtype=np.float64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_NORMAL))
         _kernels.normal_cells_kernel[self._grid(n_reps * n_keys)](
-            base, keys, int(rep_start), int(n_reps), out
+            base, keys, int(rep_start), int(n_reps), self._tables()[0], out
         )
         return out.copy_to_host()
 
@@ -434,6 +439,12 @@ class CudaKernels:
             base, ids, int(rep_start), int(n_reps), self._thresholds, out
         )
         return out
+
+    def _tables(self) -> tuple[Any, Any]:
+        """The generator's tables (``_rng.NORMAL_TABLE``, ``_rng.POISSON_TABLE``) on the device."""
+        if self._rng_tables is None:
+            self._rng_tables = (cuda.to_device(_rng.NORMAL_TABLE), cuda.to_device(_rng.POISSON_TABLE))
+        return self._rng_tables
 
     def _keys(self, keys: ArrayLike, what: str) -> Any:
         """(n,) uint64 keys on the device; 64-bit integer device keys are viewed as uint64."""
