@@ -80,11 +80,16 @@ def main() -> None:
     root, paths, _, _ = prepare(args.rows, args.eval_rows, Path(args.data))
     days = by_day(root, paths, args.co_partitioned) if args.co_partitioned else None
 
-    def check(tables: dict[str, str] = paths, **kw) -> float:
+    results: dict[str, dict] = {}
+
+    def check(tables: dict[str, str] = paths, name: str | None = None, **kw) -> float:
         t = time.perf_counter()
-        run_check(root / "baseline", tables["online"], offline=tables["offline"], outcomes=tables["outcomes"],
-                  bootstrap=args.bootstrap, backend="cpu", **kw)
-        return time.perf_counter() - t
+        result = run_check(root / "baseline", tables["online"], offline=tables["offline"], outcomes=tables["outcomes"],
+                           bootstrap=args.bootstrap, backend="cpu", **kw)
+        seconds = time.perf_counter() - t
+        if name is not None:  # what must equal the single process: everything but the run record
+            results[name] = {k: v for k, v in result.to_dict().items() if k != "run"}
+        return seconds
 
     t0 = time.perf_counter()
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
@@ -92,11 +97,12 @@ def main() -> None:
     startup = time.perf_counter() - t0
     times: dict[str, list[float]] = {"single": []}
     try:
-        check()  # warm-up: JIT caches, page cache, the workers' imports
+        check(name="single")  # warm-up: JIT caches, page cache, the workers' imports
         for pr in args.partition_rows:
-            check(scheduler=client, config=Config(partition_rows=pr))
+            check(name=f"dask_{pr}", scheduler=client, config=Config(partition_rows=pr))
         if days is not None:
-            check(days, scheduler=client, config=Config(partition_column="day"))
+            check(days, name="single_days")
+            check(days, name="dask_days", scheduler=client, config=Config(partition_column="day"))
         for _ in range(args.repeat):
             times["single"].append(check())
             for pr in args.partition_rows:
@@ -128,6 +134,10 @@ def main() -> None:
         "runs_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "median_s": med,
         "ratio_over_single": ratios,
+        "same_result_as_single": {
+            k: v == results["single_days" if k == "dask_days" else "single"]
+            for k, v in results.items() if k not in ("single", "single_days")
+        },
         "machine": {
             "cpus": os.cpu_count(), "python": platform.python_version(), "dask": dask.__version__,
             "distributed": distributed.__version__,

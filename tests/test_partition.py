@@ -166,6 +166,24 @@ def test_partitioned_equals_single_process_on_files(tmp_path: pathlib.Path, seed
         assert_same(single, _partitioned(on, off, oc, n_buckets, fragment_rows))
 
 
+def test_parquet_strings_travel_as_dictionaries(tmp_path: pathlib.Path) -> None:
+    """Non-key string columns of Parquet inputs are read, split and moved as dictionaries
+    (keys, hive columns and other formats as they are); the pieces are single-dictionary
+    tables, as the checkpoint's Arrow IPC files need."""
+    paths = write_inputs(tmp_path, *make_data(0))
+    on, off, oc = (open_table(p, s) for p, s in zip(paths, SIDES))
+    job = BucketJob.for_join(JoinedStream(on, off, oc, SPEC), LAYOUT, 3, backend="cpu", paired=True)
+    online = job.schemas["online"]
+    assert online.field("country").type == pa.dictionary(pa.int32(), pa.string())
+    assert online.field("k2").type == pa.string()  # a key: hashed and joined by its bytes
+    assert not pa.types.is_dictionary(online.field("region").type)  # the hive column
+    assert not any(pa.types.is_dictionary(f.type) for f in job.schemas["offline"])  # CSV
+    for fragment in fragments("online", on, 10_000):
+        for piece in split_fragment(job, fragment, "online"):
+            assert piece.schema == online
+            assert all(c.num_chunks <= 1 for c in piece.columns)
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
