@@ -74,15 +74,20 @@ def prepare(
     return root, paths, gen_s, baseline_s
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+def check_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The arguments of the benchmarks that time ``parity check`` on this data."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--eval-rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--data", default=str(Path(__file__).parent / "data"))
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = check_arguments(__doc__).parse_args()
 
     root, paths, gen_s, baseline_s = prepare(args.rows, args.eval_rows, Path(args.data))
 

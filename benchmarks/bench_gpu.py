@@ -16,7 +16,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -30,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from bench_check import prepare  # noqa: E402
+from bench_check import check_arguments, prepare  # noqa: E402
 from engine.pipeline import run_check  # noqa: E402
 
 
@@ -39,14 +38,7 @@ def _findings(result) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--eval-rows", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--data", default=str(Path(__file__).parent / "data"))
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = check_arguments(__doc__).parse_args()
 
     root, paths, gen_s, baseline_s = prepare(args.rows, args.eval_rows, Path(args.data))
 
