@@ -10,7 +10,7 @@ compiled for compute capability 9.0 (Hopper) through a stand-in for the current 
 
 Usage::
 
-    python scripts/check_ptx.py          # exit 1 naming the kernel if a check fails
+    python scripts/check_ptx.py   # exit 1 naming the kernel if a check fails, 3 without NVVM
 """
 
 from __future__ import annotations
@@ -55,7 +55,13 @@ FORBIDDEN = re.compile(r"^\s*(fma\.\S*f(32|64)|add\.\S*f(32|64)|sub\.\S*f(32|64)
 def main() -> int:
     failed = 0
     for name, signature in KERNELS.items():
-        ptx, _ = cuda.compile_ptx(getattr(_kernels, name).py_func, signature, cc=CC)
+        try:
+            ptx, _ = cuda.compile_ptx(getattr(_kernels, name).py_func, signature, cc=CC)
+        except Exception as exc:  # no NVVM (CUDA toolkit) here: nothing to check with
+            if "NVVM" not in str(exc) and "nvvm" not in str(exc) and "CUDA" not in str(exc):
+                raise
+            print(f"cannot compile to PTX here: {exc}")
+            return 3
         bad = sorted({m.group(1) for line in ptx.splitlines() if (m := FORBIDDEN.match(line))})
         sqrt = sorted({line.split()[0] for line in ptx.splitlines() if "sqrt" in line})
         ok = not bad and all(s == "sqrt.rn.f64" for s in sqrt)

@@ -11,6 +11,8 @@ and normal draws (the generator is integer arithmetic, see ``kernels._rng``).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -418,6 +420,18 @@ def test_a_device_that_cannot_compile_is_unavailable_not_a_traceback(monkeypatch
     finally:
         _dispatch._device_probe.cache_clear()
         get_kernels.cache_clear()
+
+
+def test_draw_kernels_hold_no_float_arithmetic_a_gpu_rounds_otherwise():
+    """``scripts/check_ptx.py`` on the real compiler (NVVM, no GPU needed; a subprocess, as
+    this process runs the simulator): no fused multiply-add, float add or approximation in
+    the PTX of the draw kernels, so they are bit-identical to the CPU's."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "check_ptx.py")
+    done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode == 3:
+        pytest.skip(done.stdout.strip())
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_constructor_validates_grid():
