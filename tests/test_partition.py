@@ -42,6 +42,7 @@ from engine.partition import (
     merge_partials,
     split_fragment,
     split_table,
+    wire_schema,
 )
 from engine.pipeline import run_check
 from engine.stats import Accumulator
@@ -182,6 +183,26 @@ def test_parquet_strings_travel_as_dictionaries(tmp_path: pathlib.Path) -> None:
         for piece in split_fragment(job, fragment, "online"):
             assert piece.schema == online
             assert all(c.num_chunks <= 1 for c in piece.columns)
+
+
+def test_high_cardinality_strings_travel_plain(tmp_path: pathlib.Path) -> None:
+    """A string column of many distinct values stays a plain string (read as a dictionary
+    it is slower, and every piece would carry the whole dictionary)."""
+    n = 20_000
+    rng = np.random.default_rng(3)
+    pq.write_table(
+        pa.table({
+            "k1": np.arange(n),
+            "few": rng.choice(["a", "b", "c"], n),
+            "many": [f"user-{x:016x}" for x in rng.integers(0, 2**62, n)],
+        }),
+        tmp_path / "t.parquet",
+    )
+    source = open_table(str(tmp_path / "t.parquet"), "online")
+    schema = wire_schema(source, source.schema, ["k1"])
+    assert schema.field("few").type == pa.dictionary(pa.int32(), pa.string())
+    assert schema.field("many").type == pa.string()
+    assert schema.field("k1").type == pa.int64()
 
 
 @settings(max_examples=12, deadline=None)
