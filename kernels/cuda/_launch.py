@@ -131,9 +131,8 @@ class CudaKernels:
         self.shared_bytes = shared_bytes
         self.count_limit = count_limit
         self._edge_cache: dict[bytes, Any] = {}
-        self._thresholds: Any = None
         self._no_weights: Any = None
-        self._rng_tables: tuple[Any, Any] | None = None
+        self._rng_tables: tuple[Any, Any, Any] | None = None
 
     def __repr__(self) -> str:
         return f"CudaKernels(blocks={self.blocks}, threads={self.threads})"
@@ -388,7 +387,7 @@ class CudaKernels:
             return np.zeros((max(n_reps, 0), n_keys), dtype=np.int64)
         out = cuda.device_array((n_reps, n_keys), dtype=np.int64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_POISSON))
-        ztab, ptab = self._tables()
+        ztab, ptab, _ = self._tables()
         _kernels.poisson_cells_kernel[self._grid(n_reps * n_keys)](
             base, keys, counts_d, int(rep_start), int(n_reps), ztab, ptab, out
         )
@@ -432,18 +431,19 @@ class CudaKernels:
         out = cuda.device_array((max(n_reps, 0), n), dtype=np.int32)
         if n_reps <= 0 or n == 0:
             return out
-        if self._thresholds is None:
-            self._thresholds = cuda.to_device(_rng.POISSON1_THRESHOLDS)
         base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
         _kernels.unit_weights_kernel[self._grid(n_reps * n)](
-            base, ids, int(rep_start), int(n_reps), self._thresholds, out
+            base, ids, int(rep_start), int(n_reps), self._tables()[2], out
         )
         return out
 
-    def _tables(self) -> tuple[Any, Any]:
-        """The generator's tables (``_rng.NORMAL_TABLE``, ``_rng.POISSON_TABLE``) on the device."""
+    def _tables(self) -> tuple[Any, Any, Any]:
+        """The generator's tables on the device, copied once: ``_rng.NORMAL_TABLE``,
+        ``_rng.POISSON_TABLE`` and ``_rng.POISSON1_THRESHOLDS``."""
         if self._rng_tables is None:
-            self._rng_tables = (cuda.to_device(_rng.NORMAL_TABLE), cuda.to_device(_rng.POISSON_TABLE))
+            self._rng_tables = tuple(
+                cuda.to_device(t) for t in (_rng.NORMAL_TABLE, _rng.POISSON_TABLE, _rng.POISSON1_THRESHOLDS)
+            )
         return self._rng_tables
 
     def _keys(self, keys: ArrayLike, what: str) -> Any:
