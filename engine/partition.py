@@ -240,13 +240,9 @@ def wire_schema(source: TableSource, schema: pa.Schema, keys: Sequence[str]) -> 
     """
     if source.format != "parquet" or not source.files:
         return schema
-    partitioning = getattr(source.dataset, "partitioning", None)
-    hive = set(partitioning.schema.names) if partitioning is not None and partitioning.schema is not None else set()
-    small = _small_dictionaries(source)
+    small = _small_dictionaries(source)  # columns stored in the file: hive columns are not
     fields = [
-        f.with_type(pa.dictionary(pa.int32(), f.type))
-        if f.type == pa.string() and f.name in small and f.name not in keys and f.name not in hive
-        else f
+        f.with_type(pa.dictionary(pa.int32(), f.type)) if f.type == pa.string() and f.name in small and f.name not in keys else f
         for f in schema
     ]
     return pa.schema(fields, metadata=schema.metadata)
@@ -263,11 +259,11 @@ def _small_dictionaries(source: TableSource) -> set[str]:
     for r in range(meta.num_row_groups):
         group = meta.row_group(r)
         if group.num_rows:
+            chunks = [group.column(i) for i in range(group.num_columns)]
             return {
-                group.column(i).path_in_schema
-                for i in range(group.num_columns)
-                if group.column(i).has_dictionary_page
-                and 0 < group.column(i).data_page_offset - group.column(i).dictionary_page_offset <= DICTIONARY_PAGE_LIMIT
+                c.path_in_schema
+                for c in chunks
+                if c.has_dictionary_page and 0 < c.data_page_offset - c.dictionary_page_offset <= DICTIONARY_PAGE_LIMIT
             }
     return set()
 
