@@ -24,6 +24,8 @@ or n), a rate against the baseline's the MOVER combination of the two sides' int
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
@@ -68,6 +70,14 @@ class Finding:
     cause: str | None
     severity: float
     reason: str | None = None
+    #: A stable id from the finding's key (metric, scores, slice, window, feature, threshold).
+    id: str = ""
+    #: The culprit slice whose rows explain this finding (DESIGN section 6a), or None.
+    explained_by: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = finding_id(self.metric, self.scores, self.slice, self.window, self.feature, self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of DESIGN section 7 (strict JSON: no NaN)."""
@@ -85,6 +95,23 @@ class Finding:
             k(self.feature),
             k(self.threshold),
         )
+
+
+def finding_id(
+    metric: str,
+    scores: str | None,
+    slice_: dict[str, str],
+    window: dict[str, str] | None,
+    feature: str | None,
+    threshold: float | None,
+) -> str:
+    """``f-`` and 12 hex digits of a hash of the finding's key: the same test in two runs (or
+    two windows' findings and their incident) always has the same id."""
+    key = json.dumps(
+        [metric, scores, sorted(slice_.items()), None if window is None else window.get("start"), feature, threshold],
+        separators=(",", ":"),
+    )
+    return "f-" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 def _clean(x: Any) -> float | None:

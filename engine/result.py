@@ -30,6 +30,8 @@ class CheckResult:
     run: dict[str, Any]
     data_quality: dict[str, Any]
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Incidents (DESIGN section 6a), most severe first: plain JSON-able dicts.
+    incidents: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ views
     def to_dict(self) -> dict[str, Any]:
@@ -38,6 +40,7 @@ class CheckResult:
             "verdict": self.verdict,
             "run": self.run,
             "data_quality": self.data_quality,
+            "incidents": self.incidents,
             "findings": [f.to_dict() for f in self.findings],
         }
 
@@ -63,6 +66,7 @@ class CheckResult:
                     "tolerance_kind": tol["kind"],
                     "tolerance_value": tol["value"],
                     "tolerance_bad": tol["bad"],
+                    "explained_by": None if f.explained_by is None else json.dumps(f.explained_by, sort_keys=True),
                 }
             )
         for r in rows:
@@ -90,6 +94,8 @@ class CheckResult:
                 ("cause", pa.string()),
                 ("severity", pa.float64()),
                 ("reason", pa.string()),
+                ("id", pa.string()),
+                ("explained_by", pa.string()),
             ]
         )
         return pa.Table.from_pylist(rows, schema=schema)
