@@ -41,6 +41,7 @@ SEED = 7
 FINDING_KEYS = {
     "metric", "scores", "slice", "window", "feature", "threshold", "value", "expected", "diff",
     "ci", "tolerance", "n", "p_value", "status", "cause", "severity", "reason",
+    "id", "explained_by",  # additive (DESIGN section 6a)
 }
 RUN_KEYS = {
     "id", "started_at", "engine_version", "backend", "baseline_id", "config_hash", "seed",
