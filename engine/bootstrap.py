@@ -50,7 +50,7 @@ import numba
 import numpy as np
 
 from engine import measure as ME
-from engine.encode import Layout
+from engine.encode import Layout, stable_key
 from engine.metrics import aggregate_bins
 from engine.measure import Grids, MetricKey
 
@@ -533,3 +533,126 @@ def benjamini_hochberg(p_values: np.ndarray, q: float = 0.05) -> np.ndarray:
     if passing.size:
         survive[order[: passing.max() + 1]] = True
     return survive.reshape(np.shape(p_values))
+
+
+# ---------------------------------------------------------------------- drift under H0
+@dataclass
+class DriftNull:
+    """The null distributions of the drift statistics at each slice's two sample sizes.
+
+    ``replicates[key]`` is ``(B, S)``: draws of KS or Wasserstein between two samples of the
+    slice's online and baseline sizes from one distribution (the baseline's);
+    ``expected[key]`` is ``(S,)``: the null expectation (the mean of those draws, or the
+    analytic value for JS).
+    """
+
+    replicates: dict = field(default_factory=dict)
+    expected: dict = field(default_factory=dict)
+
+
+#: Least number of draws of each drift statistic's null distribution.
+NULL_DRAWS = 2000
+
+
+def _bridge_functionals(p: np.ndarray, widths: np.ndarray, replicates: int, seed: int, key: int):
+    """``sup |B|`` and ``integral |B|`` of ``replicates`` Brownian bridges on the binned CDF ``p``.
+
+    The increments of ``sqrt(n) (F_n - F)`` over bins are multinomial, asymptotically
+    ``sqrt(p_i) Z_i - p_i sum_j sqrt(p_j) Z_j``; their cumulative sums are the bridge at the
+    bin edges. The integral uses the trapezoid rule on the edges, as the Wasserstein
+    distance of :func:`engine.metrics.wasserstein_distance` does. Drawn on the host with
+    numpy's PCG64 keyed by (seed, key): the same numbers on every backend.
+    """
+    rng = np.random.Generator(np.random.PCG64([int(seed) & 0xFFFFFFFF, int(key) & 0xFFFFFFFFFFFFFFFF]))
+    sp = np.sqrt(p)
+    sup = np.empty(replicates)
+    integral = np.empty(replicates)
+    step = max(1, 2_000_000 // max(1, p.size))
+    for r0 in range(0, replicates, step):
+        z = rng.standard_normal((min(step, replicates - r0), p.size))
+        cum = np.cumsum(sp * z - p * (z @ sp)[:, None], axis=1)
+        d = np.abs(np.concatenate([np.zeros((cum.shape[0], 1)), cum], axis=1))
+        sup[r0 : r0 + cum.shape[0]] = d.max(axis=1)
+        integral[r0 : r0 + cum.shape[0]] = (0.5 * (d[:, 1:] + d[:, :-1]) * widths).sum(axis=1)
+    return sup, integral
+
+
+def _spread(counts: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """``integral sqrt(F (1 - F))`` per row of ``counts`` (the scale of integral |B(F)|)."""
+    total = counts.sum(-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cdf = np.cumsum(counts, -1) / total
+        mid = 0.5 * (cdf + np.concatenate([np.zeros_like(cdf[..., :1]), cdf[..., :-1]], -1))
+    return (np.sqrt(np.clip(mid * (1 - mid), 0, None)) * widths).sum(-1)
+
+
+def _js_null(base_counts: np.ndarray, inv_eff: np.ndarray) -> np.ndarray:
+    """``(k - 1) (1 / n_on + 1 / n_base) / (8 ln 2)``, ``k`` the occupied baseline bins."""
+    k = (base_counts > 0).sum(-1)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(inv_eff), np.maximum(k - 1, 0) * inv_eff, np.nan) / (8 * math.log(2))
+
+
+def drift_null(
+    online: Grids, baseline: Grids, layout: Layout, replicates: int, seed: int
+) -> DriftNull:
+    """Null distributions of KS and Wasserstein, and the null expectation of JS.
+
+    Under H0 (online and baseline rows from one distribution) ``sqrt(n_eff) KS`` tends to
+    ``sup |B(F)|`` and ``sqrt(n_eff) W`` to ``integral |B(F(x))| dx`` for a Brownian bridge
+    ``B``, with ``n_eff = n_on n_base / (n_on + n_base)``: both samples' noise, not only the
+    online side's. The bridge is drawn once per statistic on the population baseline's
+    binned CDF (which carries the discreteness of the bins) and scaled to each slice by
+    ``n_eff`` and, for Wasserstein, by the slice's ``integral sqrt(F (1 - F))``. JS divergence
+    (bits) between two such multinomial samples has expectation
+    ``(k - 1) (1 / n_on + 1 / n_base) / (8 ln 2)`` over its ``k`` occupied bins.
+    """
+    fine = ME.fine_resolution(layout)
+    out = DriftNull()
+    items = [("score", online.score.sum(-2), baseline.score.sum(-2), np.diff(fine.score_edges), fine.js_map)]
+    for j, f in enumerate(layout.features):
+        if f.kind != "numeric":
+            continue
+        base_v = ME._feature_values_only(baseline.features[j], f)
+        on_v = ME._feature_values_only(online.features[j], f)
+        items.append((f.name, on_v, base_v, np.diff(ME._baseline_quantile_edges(base_v)), None))
+    for name, on, base, widths, js_map in items:
+        on = np.asarray(on, dtype=np.float64)
+        base = np.asarray(base, dtype=np.float64)
+        n_on, n_base = on.sum(-1), base.sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv_eff = 1.0 / n_on + 1.0 / n_base
+        pop = base[0]
+        if pop.sum() <= 0:
+            continue
+        p = pop / pop.sum()
+        # the null's tails need more draws than a bootstrap of B = 200 gives (its 2.5%
+        # quantiles would be the 5th draw): drawing the bridge is cheap
+        draws = max(int(replicates), NULL_DRAWS)
+        sup, integral = _bridge_functionals(p, widths, draws, seed, stable_key(f"drift-null:{name}"))
+        # a slice without rows on a side has no null (its tests are insufficient): 0
+        scale = np.where(np.isfinite(inv_eff), np.sqrt(np.where(np.isfinite(inv_eff), inv_eff, 0.0)), 0.0)
+        spread = _spread(base, widths)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w_scale = np.where(spread[0] > 0, scale * spread / spread[0], 0.0)
+            w_scale = np.where(np.isfinite(w_scale), w_scale, 0.0)
+        # Stephens' (1970) finite-sample correction of the KS scale: sqrt(n) -> sqrt(n) + 0.12
+        # + 0.11 / sqrt(n); the asymptotic scale overstates the null at a few hundred rows
+        with np.errstate(divide="ignore", invalid="ignore"):
+            root = np.where(scale > 0, 1.0 / scale, np.inf)
+            ks_scale = np.where(scale > 0, 1.0 / (root + 0.12 + 0.11 / root), 0.0)
+        out.replicates[("ks", None, name)] = sup[:, None] * ks_scale[None, :]
+        out.replicates[("wasserstein", None, name)] = integral[:, None] * w_scale[None, :]
+        for key in (("ks", None, name), ("wasserstein", None, name)):
+            out.expected[key] = out.replicates[key].mean(axis=0)
+        if js_map is not None:  # the score's JS: on the coarse bins
+            out.expected[("js_divergence", None, name)] = _js_null(
+                aggregate_bins(base, js_map, int(js_map.max()) + 1), inv_eff
+            )
+    for j, f in enumerate(layout.features):  # features' JS: on the PSI bins
+        m = fine.feature_psi_maps[j]
+        base = aggregate_bins(np.asarray(baseline.features[j], dtype=np.float64), m, int(m.max()) + 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv_eff = 1.0 / np.asarray(online.features[j], dtype=np.float64).sum(-1) + 1.0 / base.sum(-1)
+        out.expected[("js_divergence", None, f.name)] = _js_null(base, inv_eff)
+    return out

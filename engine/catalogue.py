@@ -99,6 +99,9 @@ class Tolerance:
     kind: ToleranceKind
     value: float
     bad: Bad
+    #: The smallest margin of a relative tolerance (a rate near 0 would otherwise have a
+    #: margin of a few events); 0 for none.
+    min_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in TOLERANCE_KINDS:
@@ -126,7 +129,10 @@ class Tolerance:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract shape: ``{"kind": ..., "value": ..., "bad": ...}``."""
-        return {"kind": self.kind, "value": self.value, "bad": self.bad}
+        d = {"kind": self.kind, "value": self.value, "bad": self.bad}
+        if self.min_margin > 0:
+            d["min_margin"] = self.min_margin
+        return d
 
     def margin(self, expected: ArrayOrFloat) -> ArrayOrFloat:
         """The allowed size of a difference in the bad direction.
@@ -149,7 +155,8 @@ class Tolerance:
         if self.kind == "absolute":
             return self.value
         if self.kind == "relative":
-            return self.value * abs(expected)
+            margin = self.value * abs(expected)
+            return max(margin, self.min_margin) if isinstance(margin, float) else margin.clip(self.min_margin)
         raise ValueError("A 'floor' tolerance bounds the value itself and has no margin.")
 
     def excess(self, diff: ArrayOrFloat, expected: ArrayOrFloat) -> ArrayOrFloat:
@@ -289,6 +296,7 @@ class MetricSpec:
     needs: Needs = "any"
     bias_corrected: bool = False
     enabled: bool = True
+    min_margin: float = 0.0
 
     def __post_init__(self) -> None:
         for field, allowed in (
@@ -315,7 +323,7 @@ class MetricSpec:
     @property
     def tolerance_spec(self) -> Tolerance:
         """The metric's :class:`Tolerance` (kind, value, bad direction)."""
-        return Tolerance(self.tolerance_kind, self.tolerance, self.bad)
+        return Tolerance(self.tolerance_kind, self.tolerance, self.bad, self.min_margin)
 
     def with_(self, **changes: Any) -> MetricSpec:
         """A copy with some fields changed (validated)."""
@@ -355,8 +363,8 @@ _CATALOGUE: tuple[MetricSpec, ...] = (
           per_threshold=True),
     _spec("fpr", "performance", "increase", "absolute", 0.02, per_threshold=True),
     _spec("predicted_positive_rate", "performance", "either", "relative", 0.10,
-          per_threshold=True),
-    _spec("positive_rate", "performance", "either", "relative", 0.10),
+          per_threshold=True, min_margin=0.0005),
+    _spec("positive_rate", "performance", "either", "relative", 0.10, min_margin=0.0005),
     _spec("ece", "performance", "increase", "absolute", 0.02, bias_corrected=True),
     _spec("brier", "performance", "increase", "absolute", 0.02),
     _spec("log_loss", "performance", "increase", "relative", 0.10),
@@ -365,6 +373,7 @@ _CATALOGUE: tuple[MetricSpec, ...] = (
     _spec("join_coverage", "data_quality", "decrease", "floor", 0.99),
     _spec("label_coverage", "data_quality", "decrease", "floor", 0.95),
     _spec("duplicate_key_rate", "data_quality", "increase", "absolute", 0.001),
+    _spec("conflicting_label_rate", "data_quality", "increase", "absolute", 0.001),
     _spec("invalid_score_rate", "data_quality", "increase", "absolute", 0.001),
     _spec("invalid_label_rate", "data_quality", "increase", "absolute", 0.001),
     _spec("null_key_rate", "data_quality", "increase", "absolute", 0.001),

@@ -138,8 +138,13 @@ class _Test:
     hi: float
     se: float
     n: int
+    n_base: float = float("inf")  # the baseline's denominator (inf: not applicable)
     reason: str | None = None
     insufficient: bool = False
+    #: Byte-identical to the online test of the same slice (the replay equals the served
+    #: scores there): judged with it, never emitted, and not counted twice in its family.
+    duplicate: bool = False
+    p_warn: float = float("nan")
     p_value: float = float("nan")
     status: str = "ok"
     cause: str | None = None
@@ -147,7 +152,8 @@ class _Test:
     severity: float = 0.0
     beyond: bool = False  # the point estimate is beyond tolerance in the bad direction
     ci_beyond: bool = False  # the whole interval is
-    survives_fdr: bool = False  # Benjamini-Hochberg across the run
+    survives_fdr: bool = False  # Benjamini-Hochberg in the test's family
+    warn_fdr: bool = False  # ... of "beyond half the tolerance"
 
 
 @dataclass
@@ -176,6 +182,12 @@ class Evidence:
     has_outcomes: bool = False
     duplicate_online: int = 0
     online_rows_raw: int = 0
+    #: The baseline's (negatives, positives) per slice.
+    baseline_events: tuple | None = None
+    #: Null distributions of the drift statistics (``engine.bootstrap.drift_null``).
+    drift_null: Any = None
+    #: Global data-quality counts: (metric, table) -> (count, rows) (duplicates per table...).
+    global_dq: dict = field(default_factory=dict)
 
 
 class Judge:
@@ -191,12 +203,19 @@ class Judge:
 
     # ------------------------------------------------------------------ public
     def findings(self, ev: Evidence) -> list[Finding]:
-        tests = self._metric_tests(ev) + self._dq_tests(ev)
-        self._decide(tests, ev)
-        self._causes(tests, ev)
-        out = [self._finding(t) for t in tests]
+        tests = self.judged_tests(ev)
+        out = [self._finding(t) for t in tests if not t.duplicate]
         out.sort(key=Finding.sort_key)
         return out
+
+    def judged_tests(self, ev: Evidence) -> list[_Test]:
+        """Every test with its status and cause (duplicates included, flagged)."""
+        self.empty_slices = [s for s in range(len(ev.slice_rows)) if ev.slice_rows[s] == 0 and s > 0]
+        tests = self._metric_tests(ev) + self._dq_tests(ev)
+        tests = [t for t in tests if t.s == 0 or ev.slice_rows[t.s] > 0]  # empty slices: not tests
+        self._decide(tests, ev)
+        self._causes(tests, ev)
+        return tests
 
     # ------------------------------------------------------------------ tests
     def _spec(self, name: str) -> MetricSpec | None:
@@ -219,6 +238,11 @@ class Judge:
             n = np.asarray(ev.n[key], dtype=np.float64)
             diff = value - expected
             lo, hi, se = self._interval(key, spec, value, diff, diff_reps, n, ev)
+            n_base = self._baseline_n(key, spec, value.shape, ev)
+            twin = None
+            if scores == "offline" and (name, "online", feature) in ev.online:
+                twin_key = (name, "online", feature)
+                twin = (np.asarray(ev.online[twin_key]), np.asarray(ev.n[twin_key]))
             per_x = value.ndim == 2
             for s in range(value.shape[0]):
                 for x in range(value.shape[1] if per_x else 1):
@@ -236,7 +260,12 @@ class Judge:
                         hi=float(hi[idx]),
                         se=float(se[idx]),
                         n=int(n[idx]) if np.isfinite(n[idx]) else 0,
+                        n_base=float(n_base[idx]),
                     )
+                    if twin is not None:
+                        t.duplicate = bool(
+                            np.array_equal(twin[0][idx], value[idx], equal_nan=True) and twin[1][idx] == n[idx]
+                        )
                     t.share = float(ev.slice_rows[s]) / total
                     self._sufficiency(t, ev, scores)
                     tests.append(t)
@@ -262,6 +291,9 @@ class Judge:
                 n_base = self._baseline_rows(feature, ev)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     expected = (k - 1) * (1.0 / n_on + 1.0 / n_base)
+                expected = np.where(np.isfinite(expected), expected, 0.0)
+            elif ev.drift_null is not None and key in ev.drift_null.expected:
+                expected = np.asarray(ev.drift_null.expected[key], dtype=np.float64)
                 expected = np.where(np.isfinite(expected), expected, 0.0)
             elif reps is not None:
                 expected = np.maximum(_nanmean(reps) - value, 0.0)
@@ -294,6 +326,16 @@ class Judge:
         lo, hi = percentile_interval(diff_reps, self.level)
         se = standard_error(diff_reps)
         name = key[0]
+        null = None if ev.drift_null is None else ev.drift_null.replicates.get(key)
+        if null is not None:
+            # The statistic's noise is its null distribution (both samples' noise): the
+            # interval of its excess over the null expectation is that distribution turned
+            # around the value, [value - q_hi, value - q_lo]. It covers 0 at the nominal rate
+            # on clean data (the bootstrap around the value would not: the statistic sits
+            # on the boundary of its range); under real drift its lower end is conservative
+            # (the null's upper quantile exceeds the statistic's own spread).
+            q_lo, q_hi = percentile_interval(null, self.level)
+            return value - q_hi, value - q_lo, standard_error(null)
         if name not in RATE_METRICS:
             return lo, hi, se
         if spec.family == "performance":
@@ -304,6 +346,18 @@ class Judge:
             lo, hi = rate_interval(value * n, n, self.level)
         # the p-value's standard error: the bootstrap's, never below the interval's width
         return lo, hi, np.fmax(se, (hi - lo) / (2 * self.z))
+
+    def _baseline_n(self, key, spec: MetricSpec, shape: tuple, ev: Evidence) -> np.ndarray:
+        """The baseline's denominator of each test (inf where the metric has none)."""
+        name, scores, feature = key
+        n = None
+        if spec.family == "performance":
+            n = ev.baseline_n.get((name, "online", None))
+        elif spec.family == "drift":
+            n = self._baseline_rows(feature, ev)
+        if n is None:
+            return np.full(shape, np.inf)
+        return np.broadcast_to(np.asarray(n, dtype=np.float64), shape)
 
     def _sufficiency(self, t: _Test, ev: Evidence, scores: str | None) -> None:
         spec = t.spec
@@ -319,14 +373,25 @@ class Judge:
             t.insufficient = True
             t.reason = f"n = {t.n} is below the minimum of {spec.min_rows}"
             return
+        if t.n_base < spec.min_rows:
+            t.insufficient = True
+            t.reason = (
+                f"the baseline has n = {int(t.n_base)} in this slice, below the minimum of "
+                f"{spec.min_rows}: its own sampling noise would decide"
+            )
+            return
         if spec.min_events and scores is not None:
-            neg, pos = ev.events[scores]
-            if min(neg[t.s], pos[t.s]) < spec.min_events:
-                t.insufficient = True
-                t.reason = (
-                    f"{int(pos[t.s])} positives and {int(neg[t.s])} negatives; "
-                    f"at least {spec.min_events} of each are needed"
-                )
+            sides = [("", ev.events[scores])]
+            if ev.baseline_events is not None:
+                sides.append(("the baseline has ", ev.baseline_events))
+            for prefix, (neg, pos) in sides:
+                if min(neg[t.s], pos[t.s]) < spec.min_events:
+                    t.insufficient = True
+                    t.reason = (
+                        f"{prefix}{int(pos[t.s])} positives and {int(neg[t.s])} negatives; "
+                        f"at least {spec.min_events} of each are needed"
+                    )
+                    return
 
     def _undefined_reason(self, t: _Test, ev: Evidence, scores: str | None) -> str:
         if scores is not None:
@@ -351,10 +416,11 @@ class Judge:
             specs.append(("invalid_label_rate", flags["invalid_label"], None))
         specs.append(("invalid_score_rate", flags["invalid_score"], None))
         specs.append(("null_key_rate", flags["null_key"], None))
-        specs.append(("unseen_value_rate", flags["unseen_value"], None))
-        for name in ev.dq_flags:
-            if name.startswith("unseen:"):
-                specs.append(("unseen_value_rate", flags[name], name.split(":", 1)[1]))
+        per_column = [name for name in ev.dq_flags if name.startswith("unseen:")]
+        if len(per_column) != 1:  # with one categorical column the total is that column's
+            specs.append(("unseen_value_rate", flags["unseen_value"], None))
+        for name in per_column:
+            specs.append(("unseen_value_rate", flags[name], name.split(":", 1)[1]))
         tests = []
         for name, counts, column in specs:
             spec = self._spec(name)
@@ -367,6 +433,12 @@ class Judge:
             tests.append(
                 self._rate_test(spec, 0, float(ev.duplicate_online), float(ev.online_rows_raw), None, 1.0)
             )
+        # facts of a whole table (duplicates in the replay or the outcomes, conflicting
+        # labels): one test on the population, ``feature`` naming the table
+        for (name, table), (k, n) in sorted(ev.global_dq.items()):
+            spec = self._spec(name)
+            if spec is not None and n:
+                tests.append(self._rate_test(spec, 0, float(k), float(n), table, 1.0))
         return tests
 
     def _rate_test(self, spec: MetricSpec, s: int, k: float, n: float, column: str | None, share: float) -> _Test:
@@ -395,6 +467,24 @@ class Judge:
 
     # ------------------------------------------------------------------ status
     def _decide(self, tests: list[_Test], ev: Evidence) -> None:
+        """Status of every test (DESIGN section 6, as refined here).
+
+        * ``alert``: the whole interval of the difference lies beyond the tolerance and the
+          one-sided test of "within tolerance" survives Benjamini-Hochberg at ``fdr_q`` in
+          its family;
+        * ``warn``: not an alert, but the test of "within *half* the tolerance" survives
+          Benjamini-Hochberg in its family: a real divergence, not yet shown beyond
+          tolerance;
+        * ``ok`` otherwise: a point estimate beyond tolerance that noise explains is ``ok``.
+
+        The multiple-testing scheme is grouped by slice (:func:`grouped_fdr`): a slice is
+        selected when its tests together (Simes) survive Benjamini-Hochberg across slices,
+        and its own tests are then judged at the level that selection leaves. Byte-identical
+        duplicates (the replay equal to the served scores) are judged with their twin, never
+        counted twice.
+        Without a bootstrap (no standard errors) a point estimate beyond tolerance is a
+        warning.
+        """
         for t in tests:
             if t.insufficient:
                 continue
@@ -403,23 +493,30 @@ class Judge:
             t.ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else False
             margin = 0.0 if tol.kind == "floor" else float(tol.margin(t.expected))
             t.p_value = self._p_value(t, tol, margin)
+            t.p_warn = self._p_value(t, tol, margin / 2) if tol.kind != "floor" else t.p_value
             # severity = |diff| / tolerance x share; a floor's scale is the room it leaves
             scale = (1.0 - tol.value if tol.bad == "decrease" else tol.value) if tol.kind == "floor" else margin
             t.severity = abs(t.diff) / (scale if scale > 0 else 1.0) * t.share
-        testable = [t for t in tests if not t.insufficient and math.isfinite(t.p_value)]
-        if testable:
-            survive = benjamini_hochberg(np.array([t.p_value for t in testable]), self.config.fdr_q)
-            for t, ok in zip(testable, survive):
-                t.survives_fdr = bool(ok)
+        testable = [t for t in tests if not t.insufficient and not t.duplicate and math.isfinite(t.p_value)]
+        for flag, attr in (("survives_fdr", "p_value"), ("warn_fdr", "p_warn")):
+            passed = grouped_fdr([getattr(t, attr) for t in testable], [t.s for t in testable], self.config.fdr_q)
+            for t, ok in zip(testable, passed):
+                setattr(t, flag, bool(ok))
         for t in tests:
             if t.insufficient:
                 t.status = "insufficient_data"
             elif t.ci_beyond and t.survives_fdr:
                 t.status = "alert"
-            elif t.beyond or t.ci_beyond:  # an alert that did not survive BH is a warning
+            elif t.warn_fdr or (t.beyond and not math.isfinite(t.se)):
                 t.status = "warn"
             else:
                 t.status = "ok"
+        twins = {(t.key[0], "online", t.key[2], t.s, t.threshold): t for t in tests if t.key[1] == "online"}
+        for t in tests:
+            if t.duplicate:
+                twin = twins.get((t.key[0], "online", t.key[2], t.s, t.threshold))
+                if twin is not None:
+                    t.status, t.p_value, t.severity = twin.status, twin.p_value, twin.severity
 
     def _p_value(self, t: _Test, tol: Tolerance, margin: float) -> float:
         """One-sided p-value of exceeding the tolerance (a floor: ``expected`` is the bound,
@@ -522,6 +619,43 @@ class Judge:
             severity=_clean(t.severity) or 0.0,
             reason=t.reason,
         )
+
+
+def simes(p_values: np.ndarray) -> float:
+    """Simes' combination ``min_i p_(i) k / i`` of ``k`` p-values: valid for the global null
+    of the group under independence and positive dependence (PRDS), as a slice's metrics are
+    (they move together)."""
+    p = np.sort(np.asarray(p_values, dtype=np.float64))
+    return float(np.min(p * p.size / np.arange(1, p.size + 1))) if p.size else 1.0
+
+
+def grouped_fdr(p_values: list[float], groups: list[Any], q: float) -> np.ndarray:
+    """Which tests are discoveries under the two-stage procedure of Benjamini and Bogomolov
+    (2014, "Selective inference on multiple families of hypotheses").
+
+    Stage 1 selects groups (slices) by Benjamini-Hochberg at ``q`` on each group's Simes
+    p-value; stage 2 runs Benjamini-Hochberg inside each selected group at ``q R / G``
+    (``R`` selected of ``G`` groups). This controls the expected average false discovery
+    proportion over the selected groups at ``q``. The cost of a slice is one hypothesis at
+    stage 1 whatever its number of metrics, thresholds and features, and a problem that moves
+    several metrics of one slice together is found where a run-wide procedure over every
+    test would drown it.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.zeros(p.size, dtype=bool)
+    by_group: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    if not by_group:
+        return out
+    names = list(by_group)
+    selected = benjamini_hochberg(np.array([simes(p[by_group[g]]) for g in names]), q)
+    level = q * int(selected.sum()) / len(names)
+    for g, chosen in zip(names, selected):
+        if chosen:
+            idx = np.array(by_group[g])
+            out[idx] = benjamini_hochberg(p[idx], level)
+    return out
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:

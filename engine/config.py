@@ -308,6 +308,11 @@ class MetricOverride(_Model):
     min_events: NonNegInt | None = Field(
         None, description="Minimum rows of each class (AUC, precision, recall)."
     )
+    min_margin: NonNegFloat | None = Field(
+        None,
+        description="The smallest margin of a relative tolerance, in the metric's units "
+        "(a floor under 10% of a near-zero rate).",
+    )
     enabled: StrictBool = Field(True, description="Compute and report this metric at all.")
 
 
@@ -367,7 +372,17 @@ class Config(_Model):
         Strict(),
         Field(gt=0, le=1, allow_inf_nan=False),
         _requires("a number in (0, 1]"),
-    ] = Field(0.05, description="Benjamini-Hochberg false discovery rate across the run.")
+    ] = Field(0.05, description="Benjamini-Hochberg false discovery rate within each metric's family of tests.")
+    max_invalid_share: Annotated[
+        float,
+        Strict(),
+        Field(ge=0, le=1, allow_inf_nan=False),
+        _requires("a number in [0, 1]"),
+    ] = Field(
+        0.01,
+        description="The largest share of evaluation rows with an invalid score (outside [0, 1], "
+        "NaN) or label (not 0/1, missing) a baseline accepts; they are excluded and counted.",
+    )
     seed: Annotated[
         int, Strict(), Field(ge=0, lt=2**63), _requires("an integer in [0, 2**63)")
     ] = Field(0, description="Seed of the bootstrap's counter-based generator.")

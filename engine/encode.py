@@ -40,6 +40,14 @@ LABEL_NEG, LABEL_POS, LABEL_MISSING = 0, 1, 2
 N_LABEL_STATES = 3
 
 
+def escape_value(value: str) -> str:
+    """A real slice value as it appears in outputs: unchanged, unless it equals a sentinel
+    (``__null__``, ``__other__``) or starts with a backslash, which gets one more leading
+    backslash. So ``"__null__"`` is a null and ``"\\__null__"`` the string ``__null__``: the
+    two can never collide, and every other value reads as itself."""
+    return "\\" + value if value in (OTHER, NULL) or value.startswith("\\") else value
+
+
 @dataclass(frozen=True)
 class CategoricalCodes:
     """Top-K values of a categorical column and the codes of the folded tail and nulls.
@@ -58,8 +66,9 @@ class CategoricalCodes:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """The slice value of each code."""
-        return self.values + (OTHER, NULL)
+        """The slice value of each code; a real value that would read as a sentinel is
+        escaped (see :func:`escape_value`)."""
+        return tuple(escape_value(v) for v in self.values) + (OTHER, NULL)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine import __version__
 from engine.config import Config, load_config
@@ -119,6 +120,60 @@ def _renamed(batch: pa.RecordBatch, renames: dict[str, str]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(batch.columns, names=names)
 
 
+def _validate(src: TableSource, stats: Statistics, acc: Accumulator, config: Config) -> dict[str, int]:
+    """Count the evaluation rows a baseline cannot use, and refuse above ``max_invalid_share``.
+
+    Invalid scores (outside [0, 1], NaN) and labels (not 0/1, or missing) are excluded from
+    the statistics that need them; a few are recorded in the manifest, many mean the data is
+    not what the baseline assumes (logits instead of probabilities, labels coded 1/2) and
+    would make every later check alert, so they are an error naming the column and a value.
+    """
+    flags = dict(zip(acc.dq_flags, stats.grid("dq")[0, 0].tolist()))
+    rows = int(flags["rows"])
+    quality = {
+        "rows": rows,
+        "invalid_scores": int(flags["invalid_score"]),
+        "invalid_labels": int(flags["invalid_label"]),
+        "missing_labels": rows - int(flags["has_label"]) - int(flags["invalid_label"]),
+    }
+    cols = config.columns.evaluation
+    limit = config.max_invalid_share
+    for column, count, what, bad in (
+        (cols.score, quality["invalid_scores"], "scores outside [0, 1] or NaN", _bad_score),
+        (cols.label, quality["invalid_labels"] + quality["missing_labels"], "labels that are not 0 or 1 (or missing)", _bad_label),
+    ):
+        if count > limit * rows:
+            example = _first(src, column, bad)
+            raise SchemaError(
+                f"The evaluation data {src.where}: {count:,} of {rows:,} rows ({count / rows:.1%}) have "
+                f"{what} in column '{column}' (for example {example!r}); at most "
+                f"{limit:.1%} are accepted (max_invalid_share). Scores must be probabilities "
+                "(apply the sigmoid to logits) and labels 0/1."
+            )
+    return quality
+
+
+def _bad_score(values: pa.Array) -> pa.Array:
+    x = pc.cast(values, pa.float64())
+    return pc.or_kleene(pc.or_kleene(pc.is_nan(x), pc.less(x, 0.0)), pc.greater(x, 1.0)).fill_null(True)
+
+
+def _bad_label(values: pa.Array) -> pa.Array:
+    x = pc.cast(values, pa.float64())
+    return pc.invert(pc.or_kleene(pc.equal(x, 0.0), pc.equal(x, 1.0))).fill_null(True)
+
+
+def _first(src: TableSource, column: str, bad) -> Any:
+    """The first value of ``column`` that ``bad`` flags (None for a null)."""
+    for batch in src.batches([column]):
+        col = batch.column(0)
+        mask = bad(col)
+        idx = pc.index(mask, True).as_py()
+        if idx >= 0:
+            return col[idx].as_py()
+    return None
+
+
 def build_baseline(
     data: Any,
     config: Config | None = None,
@@ -178,6 +233,7 @@ def build_baseline(
             stats = acc.update(stats, _renamed(batch, renames))
     if stats.rows == 0:
         raise SchemaError(f"The evaluation data {src.where} has no rows; cannot build a baseline.")
+    quality = _validate(src, stats, acc, config)
 
     fingerprint = src.fingerprint()
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -195,6 +251,7 @@ def build_baseline(
         "inputs": [fingerprint.to_dict()],
         "schema": {f.name: str(f.type) for f in src.schema},
         "has_value": value_col is not None,
+        "data_quality": quality,
         "meta": dict(meta or {}),
     }
     baseline = Baseline(layout, stats, config, manifest)

@@ -21,6 +21,7 @@ from engine import __version__
 from engine import measure as ME
 from engine import metrics as M
 from engine.bootstrap import CellBootstrap
+from engine.bootstrap import drift_null as drift_null_distributions
 from engine.checkpoint import run_checkpointed
 from engine.cluster import client_for, count_column, is_dask_frame, run_job
 from engine.compare import Evidence, Judge, verdict
@@ -39,10 +40,9 @@ from kernels import get_kernels
 def _resolve_config(bl: Baseline, config: Config | str | os.PathLike | None, overrides: dict[str, Any]) -> Config:
     if config is None:
         cfg = bl.config
-    elif isinstance(config, Config):
-        cfg = config
     else:
-        cfg = load_config(config)
+        cfg = config if isinstance(config, Config) else load_config(config)
+        _refuse_other_layout(cfg, bl.layout, where="" if isinstance(config, Config) else f" ({config})")
     # slices, features and thresholds are frozen in the baseline's layout
     frozen = {
         "slices": list(bl.layout.slice_columns),
@@ -51,6 +51,51 @@ def _resolve_config(bl: Baseline, config: Config | str | os.PathLike | None, ove
         "thresholds": list(bl.layout.thresholds),
     }
     return cfg.with_overrides(**frozen, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _refuse_other_layout(cfg: Config, layout: Layout, where: str) -> None:
+    """A check-time config that asks for slices or features the baseline lacks is an error:
+    the baseline froze the cells, so they would be silently ignored."""
+    known = set(layout.slice_columns)
+    extra = [c for c in cfg.slices if c not in known]
+    if extra:
+        raise ConfigError(
+            f"The config{where} lists slice column(s) {extra} that the baseline was not built "
+            f"with (its slices: {sorted(known)}). Slices are frozen in the baseline: rebuild it "
+            "with 'parity baseline ... --slice COL', or remove them from the config."
+        )
+    features = {f.name for f in layout.features}
+    extra = [c for c in cfg.features if c not in features]
+    if extra:
+        raise ConfigError(
+            f"The config{where} lists feature(s) {extra} that the baseline was not built with "
+            f"(its features: {sorted(features)}); rebuild the baseline or remove them."
+        )
+
+
+def _refuse_empty(report: Any, sources: dict[str, TableSource]) -> None:
+    """Nothing to judge is an error, never a pass: an empty online log, an empty replay or
+    outcomes table, or one whose keys match no online row."""
+    if report.online_rows == 0:
+        raise SchemaError(
+            f"The online log {sources['online'].where} has 0 rows: there is nothing to check. "
+            "Was the upstream job that writes it empty or pointed at the wrong partition?"
+        )
+    for side, rows, matched in (
+        ("offline", report.offline_rows, report.matched_offline),
+        ("outcomes", report.outcome_rows, report.matched_outcomes),
+    ):
+        src = sources.get(side)
+        if src is None:
+            continue
+        if rows == 0:
+            raise SchemaError(f"The {side} table {src.where} has 0 rows; give one with rows, or leave it out.")
+        if matched == 0:
+            raise SchemaError(
+                f"None of the {rows:,} keys of the {side} table {src.where} matches a key of the "
+                f"{report.online_rows:,} online rows. Check that --key names the same request id "
+                "in both tables and that they cover the same period."
+            )
 
 
 def run_check(
@@ -181,6 +226,7 @@ def run_check(
                 partial, info = run_checkpointed(job, joined, checkpoint, baseline_id=bl.id, progress=advance)
                 execution = {"mode": "checkpoint", **info}
     stats, report = partial.stats, partial.report
+    _refuse_empty(report, sources)
 
     g_on = ME.grids_from_statistics(stats, layout)
     g_base = ME.grids_from_statistics(bl.statistics, base_layout)
@@ -194,6 +240,9 @@ def run_check(
         reps = CellBootstrap(layout, kernels, replicates=cfg.bootstrap, seed=cfg.seed).run(g_on, g_base)
         reps_on, reps_base = reps.online, reps.baseline
 
+    drift_null = None
+    if cfg.bootstrap > 0:
+        drift_null = drift_null_distributions(g_on, g_base, layout, cfg.bootstrap, cfg.seed)
     events = {"online": (g_on.score[..., 0, :].sum(-1), g_on.score[..., 1, :].sum(-1))}
     offline_drift = {}
     if has_offline:
@@ -220,8 +269,12 @@ def run_check(
         has_outcomes=has_outcomes,
         duplicate_online=int(report.duplicate_keys.get("online", 0)),
         online_rows_raw=int(report.online_rows),
+        baseline_events=(g_base.score[..., 0, :].sum(-1), g_base.score[..., 1, :].sum(-1)),
+        drift_null=drift_null,
+        global_dq=_table_quality(report, sources),
     )
-    findings = Judge(layout, cfg).findings(evidence)
+    judge = Judge(layout, cfg)
+    findings = judge.findings(evidence)
 
     inputs = [_input_record(side, given[side], src, report) for side, src in sources.items()]
     run = {
@@ -254,8 +307,33 @@ def run_check(
         "null_keys": int(report.null_keys),
         "unseen_values": {name.split(":", 1)[1]: v for name, v in whole.items() if name.startswith("unseen:")},
         "invalid_offline_scores": whole["invalid_offline_score"],
+        # slices of the baseline with no online row: no findings, one line per column
+        "empty_slices": _empty_slices(layout, judge.empty_slices),
     }
     return CheckResult(verdict(findings), findings, run, data_quality)
+
+
+def _empty_slices(layout: Layout, empty: list[int]) -> dict[str, list[str]]:
+    """``{column (or "a x b" for a cross): [values]}`` of the slices without online rows."""
+    labels = layout.slice_labels()
+    out: dict[str, list[str]] = {}
+    for s in empty:
+        label = labels[s]
+        out.setdefault(" x ".join(label), []).append(" x ".join(label.values()))
+    return out
+
+
+def _table_quality(report: Any, sources: dict[str, TableSource]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Data-quality facts of whole tables: duplicated keys in the replay and the outcomes,
+    and outcome keys whose rows disagree on the label (counted and excluded by the join)."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    rows = {"offline": report.offline_rows, "outcomes": report.outcome_rows}
+    for side in ("offline", "outcomes"):
+        if side in sources:
+            out[("duplicate_key_rate", side)] = (int(report.duplicate_keys.get(side, 0)), int(rows[side]))
+    if "outcomes" in sources and hasattr(report, "conflicting_labels"):
+        out[("conflicting_label_rate", "outcomes")] = (int(report.conflicting_labels), int(report.outcome_rows))
+    return out
 
 
 def _with_model_version(

@@ -305,7 +305,7 @@ def test_json_follows_the_contract(world, checked):
         assert f["feature"] is None or isinstance(f["feature"], str)
         assert f["threshold"] is None or f["threshold"] in sc.thresholds
         assert f["scores"] in (None, "online", "offline")
-        assert set(f["tolerance"]) == {"kind", "value", "bad"}
+        assert {"kind", "value", "bad"} <= set(f["tolerance"]) <= {"kind", "value", "bad", "min_margin"}
         assert isinstance(f["n"], int) and f["n"] >= 0
         assert isinstance(f["severity"], (int, float)) and f["severity"] >= 0
         for k in ("value", "expected", "diff", "p_value"):
