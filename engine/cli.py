@@ -477,7 +477,7 @@ def _print_runs(rows: list[dict], directory: str, console: Console) -> None:
         return
     table = Table(show_header=True, header_style="bold", box=None)
     for col in ("run", "started", "baseline", "verdict", "incidents", "alerts", "warn", "online rows", "meta"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("run", "started", "baseline"))
     style = {"alert": "bold red", "warn": "yellow", "ok": "green"}
     for r in rows:
         v = r["verdict"] or "-"
@@ -498,7 +498,7 @@ def _print_series(points: list[dict], metric: str, where: dict, directory: str, 
     console.print(f"{metric} on {label}: {len(points)} runs")
     table = Table(show_header=True, header_style="bold", box=None)
     for col in ("run", "started", "status", "value", "expected", "ci of diff", "n", "detail"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("run", "started", "ci of diff"))
     fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
     for p in points:
         ci = "-" if p["ci"] is None else f"[{fmt(p['ci'][0])}, {fmt(p['ci'][1])}]"
