@@ -10,11 +10,13 @@ failure on stderr and in the run record.
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +210,114 @@ def test_bad_url_is_a_usage_error(url):
 def test_redact_keeps_only_scheme_host_and_port():
     assert redact("https://hooks.example.com/services/T000/B000/XXXX?token=1") == "https://hooks.example.com"
     assert redact("http://[::1]:8080/a") == "http://[::1]:8080"
+
+
+# ------------------------------------------------------------------------------- through the CLI
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    from engine.config import Config
+    from engine.expectation import build_baseline
+    from engine.synthetic import generate
+
+    root = tmp_path_factory.mktemp("notify")
+    sc = generate(root / "w", rows=3000, seed=2)
+    build_baseline(sc.evaluation, Config(slices=["country", "device"], thresholds=[0.3, 0.6]), out=root / "bl")
+    return {"root": root, "sc": sc}
+
+
+CONSTRUCTED = [
+    {"id": "inc-br-skew", "cause": "serving_skew", "slice": {"country": "BR"}, "status": "alert", "severity": 5.0,
+     "share": 0.1, "owner": None, "escalation": None, "started": None, "last_seen": None, "ongoing": None,
+     "windows": [], "metrics": ["flip_rate"], "finding_ids": [], "explained_finding_ids": [], "headline": "flips in BR"},
+    {"id": "inc-all-drift", "cause": "data_drift", "slice": {}, "status": "warn", "severity": 1.0,
+     "share": 1.0, "owner": None, "escalation": None, "started": None, "last_seen": None, "ongoing": None,
+     "windows": [], "metrics": ["psi"], "finding_ids": [], "explained_finding_ids": [], "headline": "psi up"},
+]
+
+
+@pytest.fixture
+def with_incidents(monkeypatch):
+    """The real ``run_check``, plus two constructed incidents while the incidents stage has not
+    landed (with it, the check's own incidents are used unchanged)."""
+    import engine.pipeline as pipeline
+    from engine.owners import assign_owners
+
+    real = pipeline.run_check
+
+    def run_check(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not result.incidents:
+            result.incidents = assign_owners(copy.deepcopy(CONSTRUCTED), result.extras["config"])
+        return result
+
+    monkeypatch.setattr(pipeline, "run_check", run_check)
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_delivery_never_changes_the_run(deployment, with_incidents, tmp_path):
+    sc, root = deployment["sc"], deployment["root"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "bootstrap: 30\nseed: 3\n"
+        "owners:\n  - {match: {slice: \"country=BR\"}, owner: risk-latam, escalation: page}\n"
+        "notify: {timeout: 0.3, retries: 1, backoff: 0.05, deadline: 3}\n"
+    )
+    hist = tmp_path / "runs"
+    base = ["check", "--baseline", root / "bl", "--online", sc.online, "--offline", sc.offline,
+            "--outcomes", sc.outcomes, "--config", cfg, "--fail-on", "warn", "--quiet"]
+
+    plain = cli(*base, "--json", tmp_path / "plain.json")
+    assert plain.exception is None or isinstance(plain.exception, SystemExit), plain.output
+    plain_doc = json.loads((tmp_path / "plain.json").read_text())
+    assert "notifications" not in plain_doc["run"]
+
+    # a server that never answers: the run ends in bounded time with the same findings and exit code
+    with Server(default="hang") as srv:
+        t0 = time.monotonic()
+        hung = cli(*base, "--json", tmp_path / "hung.json", "--history", hist, "--report", tmp_path / "r.html",
+                   "--notify", srv.url)
+        slow = time.monotonic() - t0
+    assert hung.exit_code == plain.exit_code
+    assert "could not deliver incident inc-br-skew" in hung.stderr and "no reply within 0.3 s" in hung.stderr
+    assert "Traceback" not in hung.output
+    doc = json.loads((tmp_path / "hung.json").read_text())
+    assert doc["findings"] == plain_doc["findings"] and doc["verdict"] == plain_doc["verdict"]
+    notes = doc["run"]["notifications"]
+    assert notes["new"] == 2 and notes["failed"] == 2 and notes["delivered"] == 0
+    assert notes["target"].startswith("http://127.0.0.1:") and "secret" not in notes["target"]
+    (rec,) = list(hist.glob("*.json"))
+    assert json.loads(rec.read_text())["run"]["notifications"] == notes  # recorded in the history too
+    assert len(srv.requests) >= 2
+    assert slow < 60  # the check's own time, plus at most the 3 s deadline
+
+    # a server that fails first, then answers: what the previous run failed to deliver is sent now
+    with Server(script=[500]) as srv:
+        ok = cli(*base, "--json", tmp_path / "ok.json", "--history", hist, "--report", tmp_path / "r.html",
+                 "--notify", srv.url)
+    assert ok.exit_code == plain.exit_code
+    bodies = [r["body"] for r in srv.requests]
+    assert [b["incident"] for b in bodies] == ["inc-br-skew", "inc-br-skew", "inc-all-drift"]  # one retry
+    br = bodies[0]
+    assert (br["owner"], br["escalation"], br["cause"], br["slice"]) == ("risk-latam", "page", "serving_skew", {"country": "BR"})
+    assert br["report"] == str((tmp_path / "r.html").absolute()) and Path(br["report"]).is_file()
+    assert br["run_id"] == json.loads((tmp_path / "ok.json").read_text())["run"]["id"]
+    assert br["verdict"] == plain_doc["verdict"]
+    assert json.loads((tmp_path / "ok.json").read_text())["run"]["notifications"]["delivered"] == 2
+
+    # nothing new since: nothing sent
+    with Server() as srv:
+        again = cli(*base, "--history", hist, "--notify", srv.url)
+    assert again.exit_code == plain.exit_code and srv.requests == []
+
+
+def test_cli_bad_notify_url_is_exit_2(deployment):
+    sc, root = deployment["sc"], deployment["root"]
+    res = cli("check", "--baseline", root / "bl", "--online", sc.online, "--notify", "localhost:9/hook")
+    assert res.exit_code == 2 and "--notify" in res.stderr and "localhost:9/hook" in res.stderr
