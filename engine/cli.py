@@ -226,6 +226,7 @@ def check_cmd(
     findings: Annotated[Optional[str], typer.Option("--findings", help="Write the findings as Parquet here.")] = None,
     report: Annotated[Optional[str], typer.Option("--report", help="Write the HTML report here.")] = None,
     history: Annotated[Optional[str], typer.Option("--history", help="Append the run to this history directory.")] = None,
+    notify: Annotated[Optional[str], typer.Option("--notify", help="POST each new incident as JSON to this webhook URL (retries, backoff and timeouts: config 'notify').")] = None,
     fail_on: Annotated[str, typer.Option("--fail-on", help="alert|warn|never")] = "alert",
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
@@ -249,6 +250,10 @@ def check_cmd(
         for path, what in ((json_out, "the JSON result"), (findings, "the findings"), (report, "the report")):
             _output_path(path, what)
         _output_path(history, "the run history", directory=True)
+        if notify is not None:
+            from engine.notify import check_url
+
+            check_url(notify)
         with _progress(quiet, dask=scheduler is not None) as progress:
             result = run_check(
                 baseline,
@@ -270,20 +275,64 @@ def check_cmd(
                 scheduler=scheduler,
                 checkpoint=checkpoint,
             )
+        if report:
+            _write(result.report, report, "the report")
+        if notify is not None:
+            _notify(result, notify, report=report, history=history, console=_console(quiet))
         if json_out:
             _write(result.write_json, json_out, "the JSON result")
         if findings:
             _write(result.write_findings, findings, "the findings")
-        if report:
-            _write(result.report, report, "the report")
         if history:
             from engine.store import RunHistory
 
-            _write(lambda p: RunHistory(p).append(result), history, "the run history")
+            _write(lambda p: RunHistory(p, warn=_warning).append(result), history, "the run history")
         print_summary(result, _console(quiet))
         return exit_code(result.verdict, fail_on)
 
     raise typer.Exit(_guard(run, debug))
+
+
+def _warning(message: str) -> None:
+    """A warning on stderr (the run goes on)."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[yellow]parity: warning:[/] {escape(message)}", markup=True
+    )
+
+
+def _notify(result, url: str, *, report: str | None, history: str | None, console: Console) -> None:
+    """Post the run's new incidents to ``url``; record the outcome in ``result.run``.
+
+    New: not in the history's latest run (when ``--history`` is given), or not delivered by
+    it. A failed delivery is a warning on stderr, never a change of the result or exit code.
+    """
+    from engine.config import NotifySettings
+    from engine.notify import deliver
+    from engine.store import RunHistory
+
+    cfg = result.extras.get("config")
+    settings = cfg.notify if cfg is not None else NotifySettings()
+    try:
+        previous = RunHistory(history, warn=_warning).latest() if history else None
+        record = deliver(
+            url, result.incidents, run=result.run, verdict=result.verdict,
+            report=str(Path(report).absolute()) if report else None, settings=settings, previous=previous,
+        )
+    except Exception as exc:  # notifications are best effort: a bug here must not fail the run
+        _warning(f"the notifications were not sent ({type(exc).__name__}: {exc}); this is a bug in parity.")
+        result.run["notifications"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return
+    result.run["notifications"] = record
+    again = " The next run with --history sends it again." if history else ""
+    for d in record["deliveries"]:
+        if d["status"] != "delivered":
+            _warning(
+                f"could not deliver incident {d['incident']} to {record['target']} after "
+                f"{d['attempts']} attempt(s): {d['error']}. The run's result and exit code are "
+                f"unchanged.{again}"
+            )
+    if record["new"]:
+        console.print(f"notified {record['delivered']} of {record['new']} new incidents -> {record['target']}")
 
 
 @contextmanager
@@ -358,6 +407,108 @@ def print_summary(result, console: Console, limit: int = 20) -> None:
     console.print(table)
     if len(flagged) > limit:
         console.print(f"... and {len(flagged) - limit} more (see --json / --findings)")
+
+
+# ---------------------------------------------------------------------------- history
+@app.command("history")
+def history_cmd(
+    directory: Annotated[str, typer.Argument(help="A run history directory (parity check --history DIR).")],
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Show this metric over the runs instead of the list of runs.")] = None,
+    slice_: Annotated[Optional[list[str]], typer.Option("--slice", help="COLUMN=VALUE of the slice (repeat for a cross); none: the whole population.")] = None,
+    scores: Annotated[Optional[str], typer.Option("--scores", help="online|offline, for performance metrics.")] = None,
+    feature: Annotated[Optional[str], typer.Option("--feature", help="The feature, for drift metrics.")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="The threshold, for threshold metrics.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON (for machines) instead of a table.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """List the runs of a history, or one metric of one slice over them (value, expected, CI)."""
+
+    def run() -> int:
+        import json
+
+        from engine.config import Config
+        from engine.store import RunHistory
+
+        p = Path(directory).expanduser()
+        if not p.is_dir():
+            raise ConfigError(
+                f"The history directory '{directory}' does not exist or is not a directory "
+                "(write one with 'parity check ... --history DIR')."
+            )
+        hist = RunHistory(p, warn=_warning)
+        if metric is None:
+            stray = [o for o, v in (("--slice", slice_), ("--scores", scores), ("--feature", feature),
+                                    ("--threshold", threshold)) if v]
+            if stray:
+                raise ConfigError(f"The option {stray[0]} selects a series: give --metric too.")
+            rows = hist.summary()
+            if json_:
+                print(json.dumps(rows, indent=2, allow_nan=False))
+            else:
+                _print_runs(rows, directory, _console())
+            return EXIT_OK
+        Config().resolved_metric(metric)  # an unknown metric is a usage error naming it
+        if scores is not None and scores not in ("online", "offline"):
+            raise ConfigError(f"The '--scores' option must be 'online' or 'offline'. Got {scores!r} instead.")
+        where = _slice_selection(slice_)
+        points = hist.series(metric, where, scores=scores, feature=feature, threshold=threshold)
+        if json_:
+            print(json.dumps({"metric": metric, "slice": where, "points": points}, indent=2, allow_nan=False))
+        else:
+            _print_series(points, metric, where, directory, _console())
+        return EXIT_OK
+
+    raise typer.Exit(_guard(run, debug))
+
+
+def _slice_selection(specs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs or []:
+        col, sep, value = spec.partition("=")
+        if not sep or not col:
+            raise ConfigError(f"The '--slice' option must be COLUMN=VALUE (e.g. country=BR). Got {spec!r} instead.")
+        out[col] = value
+    return out
+
+
+def _print_runs(rows: list[dict], directory: str, console: Console) -> None:
+    if not rows:
+        console.print(f"no runs in {directory}")
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col in ("run", "started", "baseline", "verdict", "incidents", "alerts", "warn", "online rows", "meta"):
+        table.add_column(col, no_wrap=col in ("run", "started", "baseline"))
+    style = {"alert": "bold red", "warn": "yellow", "ok": "green"}
+    for r in rows:
+        v = r["verdict"] or "-"
+        table.add_row(
+            r["id"], r["started_at"] or "-", r["baseline_id"] or "-", f"[{style.get(v, '')}]{v}[/]" if v in style else v,
+            str(r["incidents"]), str(r["alerts"]), str(r["warnings"]),
+            "-" if r["online_rows"] is None else f"{r['online_rows']:,}",
+            escape(" ".join(f"{k}={val}" for k, val in r["meta"].items())),
+        )
+    console.print(table)
+
+
+def _print_series(points: list[dict], metric: str, where: dict, directory: str, console: Console) -> None:
+    label = ", ".join(f"{k}={v}" for k, v in where.items()) or "(all)"
+    if not points:
+        console.print(f"no run in {directory} has {metric} on {label}")
+        return
+    console.print(f"{metric} on {label}: {len(points)} runs")
+    table = Table(show_header=True, header_style="bold", box=None)
+    for col in ("run", "started", "status", "value", "expected", "ci of diff", "n", "detail"):
+        table.add_column(col, no_wrap=col in ("run", "started", "ci of diff"))
+    fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    for p in points:
+        ci = "-" if p["ci"] is None else f"[{fmt(p['ci'][0])}, {fmt(p['ci'][1])}]"
+        detail = ", ".join(
+            x for x in (p["scores"] and f"scores={p['scores']}", p["feature"] and f"feature={p['feature']}",
+                        p["threshold"] is not None and f"t={p['threshold']:g}") if x
+        )
+        table.add_row(p["run_id"], p["started_at"] or "-", p["status"] or "-", fmt(p["value"]),
+                      fmt(p["expected"]), ci, "-" if p["n"] is None else f"{p['n']:,}", detail)
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------- demo

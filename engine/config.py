@@ -27,6 +27,13 @@ Example
       auc: {tolerance: 0.03}
       psi: {enabled: false}
     owners: {country: growth-team, auc: ranking-team}
+
+``owners`` also takes a list of routing rules, tried in order (the first match wins)::
+
+    owners:
+      - {match: {slice: "country=BR"}, owner: risk-latam, escalation: page}
+      - {match: {metric: flip_rate}, owner: ml-platform, escalation: ticket}
+      - {match: {slice: country, cause: data_quality}, owner: data-eng}
 """
 
 from __future__ import annotations
@@ -48,8 +55,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     Strict,
+    Tag,
     ValidationError,
     WrapValidator,
     field_validator,
@@ -57,7 +66,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from engine.catalogue import METRICS, MetricSpec
+from engine.catalogue import CAUSES, METRICS, MetricSpec
 from engine.errors import ConfigError
 
 __all__ = [
@@ -65,7 +74,10 @@ __all__ = [
     "Config",
     "EvaluationColumns",
     "MetricOverride",
+    "NotifySettings",
     "OfflineColumns",
+    "OwnerMatch",
+    "OwnerRule",
     "OnlineColumns",
     "OutcomesColumns",
     "config_json_schema",
@@ -167,6 +179,16 @@ BadField = Annotated[
 ]
 StrictBool = Annotated[bool, Strict(), _requires("true or false")]
 OwnerText = Annotated[str, Strict(), Field(min_length=1), _requires("a non-empty string")]
+SliceSelector = Annotated[
+    str,
+    Strict(),
+    Field(pattern=r"^[^=]+(=.*)?$"),
+    _requires("a slice column or COLUMN=VALUE (e.g. 'country' or 'country=BR')"),
+]
+CauseName = Annotated[Literal[tuple(CAUSES)], _requires("one of " + ", ".join(CAUSES))]  # type: ignore[valid-type]
+Seconds = Annotated[
+    float, Strict(), Field(gt=0, allow_inf_nan=False), _requires("a number of seconds > 0")
+]
 
 
 class _Model(BaseModel):
@@ -317,6 +339,75 @@ class MetricOverride(_Model):
 
 
 # --------------------------------------------------------------------------------------
+# Owners and notifications
+# --------------------------------------------------------------------------------------
+
+
+class OwnerMatch(_Model):
+    """What an owners rule matches; every condition given must hold."""
+
+    slice: SliceSelector | None = Field(
+        None,
+        description="A slice column ('country': any slice on it, crosses included) or "
+        "COLUMN=VALUE ('country=BR'). Never matches the whole population.",
+    )
+    metric: MetricName | None = Field(  # type: ignore[valid-type]
+        None, description="A metric (canonical name) among the incident's metrics."
+    )
+    cause: CauseName | None = Field(None, description="The incident's cause.")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> OwnerMatch:
+        if self.slice is None and self.metric is None and self.cause is None:
+            raise PydanticCustomError(
+                _ERROR_TYPE, "must name at least one of slice, metric, cause"
+            )
+        return self
+
+
+class OwnerRule(_Model):
+    """One routing rule: incidents that match go to ``owner`` at ``escalation``."""
+
+    match: OwnerMatch = Field(description="The conditions (slice, metric, cause).")
+    owner: OwnerText = Field(description="Owner or team (free text).")
+    escalation: OwnerText | None = Field(
+        None,
+        description="Escalation level passed on to the notification (free text, e.g. "
+        "'page', 'ticket', 'email').",
+    )
+
+
+def _owners_form(value: Any) -> str:
+    return "rules" if isinstance(value, list) else "map"
+
+
+OwnersField = Annotated[
+    Union[
+        Annotated[dict[ColumnName, OwnerText], Tag("map")],
+        Annotated[list[OwnerRule], Tag("rules")],
+    ],
+    Discriminator(_owners_form),
+]
+
+
+class NotifySettings(_Model):
+    """How ``--notify`` delivers incidents to a webhook."""
+
+    timeout: Seconds = Field(5.0, description="Seconds one attempt may take (connect and reply).")
+    retries: NonNegInt = Field(
+        3, description="Attempts after the first, on a 5xx/429 reply or a connection error."
+    )
+    backoff: Seconds = Field(
+        0.5, description="Seconds before the first retry; doubled before each next one."
+    )
+    deadline: Seconds = Field(
+        60.0,
+        description="Seconds all deliveries of one run may take together; incidents not "
+        "delivered by then are recorded as failed.",
+    )
+
+
+# --------------------------------------------------------------------------------------
 # The configuration
 # --------------------------------------------------------------------------------------
 
@@ -393,9 +484,15 @@ class Config(_Model):
         default_factory=dict,
         description="Per-metric overrides of the catalogue defaults, by canonical name.",
     )
-    owners: dict[ColumnName, OwnerText] = Field(
+    owners: OwnersField = Field(
         default_factory=dict,
-        description="Owner or team (free text) of a slice column or a metric.",
+        description="Who owns an incident: a mapping of slice column or metric to owner "
+        "(free text), or a list of rules {match: {slice, metric, cause}, owner, escalation} "
+        "tried in order (the first match wins).",
+    )
+    notify: NotifySettings = Field(
+        default_factory=NotifySettings,
+        description="Timeouts and retries of the --notify webhook delivery.",
     )
     window: Duration | None = Field(
         None, description="Time window (e.g. '1h', '1d'); windows are aligned to the epoch."
@@ -776,6 +873,13 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The location without the union tag of a two-form option (``owners``: map or rules)."""
+    if len(loc) >= 2 and loc[0] == "owners" and loc[1] in ("map", "rules"):
+        return loc[:1] + loc[2:]
+    return loc
+
+
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -821,6 +925,10 @@ def _type_at(loc: tuple[Any, ...]) -> Any:
     tp: Any = Config
     for part in loc:
         tp = _unwrap(tp)
+        if get_origin(tp) in (Union, UnionType):  # a two-form option: the form the part indexes
+            forms = [_unwrap(a) for a in get_args(tp)]
+            want = list if isinstance(part, int) else dict
+            tp = next((f for f in forms if get_origin(f) is want), forms[0])
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             field = tp.model_fields.get(part) if isinstance(part, str) else None
             if field is None:
@@ -853,7 +961,7 @@ _GENERIC = {
 
 
 def _format_error(err: Mapping[str, Any], where: str) -> str:
-    loc = tuple(err["loc"])
+    loc = _untagged(tuple(err["loc"]))
     value = err.get("input")
     ctx = err.get("ctx") or {}
     if "loc" in ctx:  # from _located
@@ -880,6 +988,12 @@ def _format_error(err: Mapping[str, Any], where: str) -> str:
         return (
             f"The '{_path(parent)}' option{where} has an invalid key {_show(key)}: it "
             f"{err['msg'] if kind == _ERROR_TYPE else _generic(err)}."
+        )
+    if loc == ("owners",) and kind == "dict_type":
+        return (
+            f"The 'owners' option{where} must be a mapping (slice column or metric: owner) or a "
+            f"list of rules ({{match: {{slice, metric, cause}}, owner, escalation}}). "
+            f"Got {_show(value)} instead."
         )
     if kind == "model_type" or kind == "model_attributes_type":
         fields = _model_fields_at(loc) or []

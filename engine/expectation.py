@@ -76,9 +76,19 @@ class Baseline:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Baseline":
-        """Read a baseline directory; a missing or foreign directory is a ConfigError."""
+        """Read a baseline directory; a missing or foreign directory is a ConfigError.
+
+        ``HISTORY_DIR/<run id>`` (or ``HISTORY_DIR/latest``) names a recorded run of a run
+        history: its stored online statistics are the baseline (see :mod:`engine.store`).
+        """
         p = Path(path)
         missing = [f for f in (LAYOUT_FILE, STATS_FILE, MANIFEST_FILE, CONFIG_FILE) if not (p / f).is_file()]
+        if not p.is_dir():
+            from engine.store import run_baseline_dir
+
+            stored = run_baseline_dir(p)
+            if stored is not None:
+                return cls.load(stored)
         if not p.is_dir() or missing:
             raise ConfigError(
                 f"The baseline directory '{path}' is not a parity baseline"

@@ -31,6 +31,7 @@ from engine.errors import ConfigError, SchemaError
 from engine.expectation import Baseline
 from engine.io import TableSource, open_table
 from engine.join import JoinSpec, join
+from engine.owners import assign_owners, check_owners
 from engine.result import CheckResult
 from engine.partition import BucketJob, Partial, accumulate_joined, frame_to_arrow, n_buckets_for
 from engine.stats import Accumulator
@@ -197,6 +198,7 @@ def run_check(
         base_layout = bl.layout
         layout = _with_model_version(bl.layout, cfg, src_on, given["online"], client)
         spec = _join_spec(cfg, layout, src_on, src_off, src_out)
+        check_owners(cfg, layout.slice_columns, baseline=bl.path)
         has_offline = src_off is not None or spec.online_offline_score is not None
         has_outcomes = src_out is not None or spec.online_label is not None
         with_value = spec.value is not None and bool(bl.manifest.get("has_value"))
@@ -310,7 +312,13 @@ def run_check(
         # slices of the baseline with no online row: no findings, one line per column
         "empty_slices": _empty_slices(layout, judge.empty_slices),
     }
-    return CheckResult(verdict(findings), findings, run, data_quality)
+    result = CheckResult(
+        verdict(findings), findings, run, data_quality,
+        # what a run history keeps so that a later check can use this run as its baseline
+        extras={"statistics": stats, "layout": layout, "config": cfg},
+    )
+    result.incidents = assign_owners(result.incidents, cfg)
+    return result
 
 
 def _empty_slices(layout: Layout, empty: list[int]) -> dict[str, list[str]]:

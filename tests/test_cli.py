@@ -346,8 +346,12 @@ def test_findings_parquet_and_history(checked):
     assert table.column("status").to_pylist() == [f["status"] for f in doc["findings"]]
     assert [json.loads(s) for s in table.column("slice").to_pylist()] == [f["slice"] for f in doc["findings"]]
 
-    files = sorted(p for p in checked["history"].iterdir() if not p.name.startswith("."))
-    assert len(files) == 2 and all(p.suffix == ".json" for p in files)
+    files = sorted(p for p in checked["history"].iterdir() if p.suffix == ".json")
+    assert len(files) == 2
+    # beside each record, the run's statistics (a baseline directory: see test_history.py)
+    assert sorted(p.name for p in checked["history"].iterdir() if not p.name.startswith(".")) == sorted(
+        [p.name for p in files] + [p.stem + ".stats" for p in files]
+    )
     ids = {strict_json(p.read_text())["run"]["id"] for p in files}
     assert ids == {strict_json(checked[n]["json_text"])["run"]["id"] for n in ("a", "b")}
 
