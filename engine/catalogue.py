@@ -130,7 +130,7 @@ class Tolerance:
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract shape: ``{"kind": ..., "value": ..., "bad": ...}``."""
         d = {"kind": self.kind, "value": self.value, "bad": self.bad}
-        if self.min_margin > 0:
+        if self.min_margin > 0 and self.kind == "relative":
             d["min_margin"] = self.min_margin
         return d
 

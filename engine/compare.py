@@ -416,7 +416,8 @@ class Judge:
             specs.append(("invalid_label_rate", flags["invalid_label"], None))
         specs.append(("invalid_score_rate", flags["invalid_score"], None))
         specs.append(("null_key_rate", flags["null_key"], None))
-        per_column = [name for name in ev.dq_flags if name.startswith("unseen:")]
+        # a column both slice and categorical feature has two (equal) flags: one test
+        per_column = list(dict.fromkeys(name for name in ev.dq_flags if name.startswith("unseen:")))
         if len(per_column) != 1:  # with one categorical column the total is that column's
             specs.append(("unseen_value_rate", flags["unseen_value"], None))
         for name in per_column:

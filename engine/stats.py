@@ -236,10 +236,12 @@ class Accumulator:
         self._n_fine = layout.n_fine
         self._thresholds = np.asarray(layout.thresholds, dtype=np.float64)
         self._feature_bins = max([f.n_bins for f in layout.features], default=1)
-        # a column that is both a slice and a categorical feature has one unseen-value flag
-        self._categorical = list(
-            dict.fromkeys([*layout.slice_columns, *(f.name for f in layout.features if f.kind == "categorical")])
-        )
+        # one unseen-value flag per slice column and per categorical feature, in the order
+        # the kernels write them (a column both slice and feature has two, counting alike;
+        # the compare stage reads one)
+        self._categorical = [c for c in layout.slice_columns] + [
+            f.name for f in layout.features if f.kind == "categorical"
+        ]
         self._dq_flags = DQ_FLAGS + tuple(f"unseen:{c}" for c in self._categorical)
         cells = self._n_raw * N_LABEL_STATES * self._n_fine
         if cells > MAX_GRID_CELLS:

@@ -52,7 +52,10 @@ EXPECTED = {
     "invalid_label_rate": ("data_quality", "increase", "absolute", 0.001, 0, False, False),
     "null_key_rate": ("data_quality", "increase", "absolute", 0.001, 0, False, False),
     "unseen_value_rate": ("data_quality", "increase", "absolute", 0.001, 0, False, False),
+    "conflicting_label_rate": ("data_quality", "increase", "absolute", 0.001, 0, False, False),
 }
+#: Floors under relative tolerances (a rate near 0 would have a margin of a few events).
+MIN_MARGIN = {"positive_rate": 0.0005, "predicted_positive_rate": 0.0005}
 NEEDS = {"drift": "online", "skew": "offline", "performance": "outcomes", "data_quality": "any"}
 
 FULL_YAML = """\
@@ -131,7 +134,10 @@ def test_catalogue_defaults_match_design(name: str) -> None:
     assert spec.bias_corrected is bias
     assert spec.needs == NEEDS[family]
     assert spec.enabled is True
-    assert spec.tolerance_spec.to_dict() == {"kind": kind, "value": tol, "bad": bad}
+    expected = {"kind": kind, "value": tol, "bad": bad}
+    if name in MIN_MARGIN:
+        expected["min_margin"] = MIN_MARGIN[name]
+    assert spec.tolerance_spec.to_dict() == expected
     # an empty config resolves to the catalogue
     assert Config().resolved_metric(name) == spec
 

@@ -118,9 +118,11 @@ def test_series_of_a_metric(recorded):
                 if f.metric == "auc" and f.slice == {"country": "US"} and f.scores == "online"]
         assert (p["value"], p["expected"], p["status"], p["n"]) == (f.value, f.expected, f.status, f.n)
         assert p["ci"] == list(f.ci)
-    off = hist.series("auc", {"country": "US"}, scores="offline")
+    # the replay's own findings exist where it differs from the served scores (elsewhere
+    # they would be byte-identical twins of the online ones, which are not repeated)
+    f = next(f for f in res["A"].findings if f.metric == "auc" and f.scores == "offline" and f.ci is not None)
+    off = hist.series("auc", f.slice, scores="offline")
     assert [p["scores"] for p in off] == ["offline", "offline"]
-    (f,) = [f for f in res["A"].findings if f.metric == "auc" and f.slice == {"country": "US"} and f.scores == "offline"]
     assert off[0]["value"] == f.value and off[0]["ci"] == list(f.ci)
     flips = hist.series("flip_rate", {"device": "ios"}, threshold=0.6)
     assert len(flips) == 2 and all(p["threshold"] == 0.6 for p in flips)
