@@ -373,40 +373,61 @@ def exit_code(verdict: str, fail_on: str) -> int:
 
 
 def print_summary(result, console: Console, limit: int = 20) -> None:
-    """Alerts (then warnings) by severity, as a table; then the counts."""
-    flagged = sorted(
-        (f for f in result.findings if f.status in ("alert", "warn")),
-        key=lambda f: (f.status != "alert", -f.severity),
-    )
+    """The verdict line, then the incidents by severity (what broke, where, why), then the
+    most severe findings no incident holds (none, normally)."""
     counts: dict[str, int] = {}
     for f in result.findings:
         counts[f.status] = counts.get(f.status, 0) + 1
+    incidents = list(getattr(result, "incidents", []) or [])
     style = {"alert": "bold red", "warn": "yellow", "ok": "green"}[result.verdict]
+    by_status = {s: sum(i["status"] == s for i in incidents) for s in ("alert", "warn")}
     console.print(
-        f"[{style}]verdict: {result.verdict}[/]  "
+        f"[{style}]verdict: {result.verdict}[/]  incidents: {len(incidents)}"
+        + (f" ({by_status['alert']} alert, {by_status['warn']} warn)" if incidents else "")
+        + "  findings: "
         + "  ".join(f"{k}: {counts.get(k, 0)}" for k in ("alert", "warn", "ok", "insufficient_data"))
         + f"  ({result.data_quality['online_rows']:,} online rows)"
     )
-    if not flagged:
+    fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    if incidents:
+        table = Table(show_header=True, header_style="bold", box=None)
+        for col in ("#", "status", "severity", "cause", "slice", "metrics", "explains", "owner", "since", "headline"):
+            table.add_column(col)
+        for rank, inc in enumerate(incidents[:limit], 1):
+            slice_text = ", ".join(f"{k}={v}" for k, v in inc["slice"].items()) or "(all)"
+            metrics = ", ".join(inc["metrics"][:4]) + (f" +{len(inc['metrics']) - 4}" if len(inc["metrics"]) > 4 else "")
+            table.add_row(
+                str(rank), inc["status"], f"{inc['severity']:.3g}", inc["cause"], escape(slice_text), metrics,
+                str(len(inc["explained_finding_ids"])), escape(inc.get("owner") or "-"),
+                (inc.get("started") or "-")[:16], escape(inc["headline"]),
+            )
+        console.print(table)
+        if len(incidents) > limit:
+            console.print(f"... and {len(incidents) - limit} more incidents (see --json / --report)")
+    held = {fid for i in incidents for fid in (*i["finding_ids"], *i["explained_finding_ids"])}
+    loose = sorted(
+        (f for f in result.findings if f.status in ("alert", "warn") and f.id not in held),
+        key=lambda f: (f.status != "alert", -f.severity),
+    )
+    if not loose:
         return
     table = Table(show_header=True, header_style="bold", box=None)
     for col in ("status", "severity", "cause", "metric", "slice", "detail", "value", "expected", "ci of diff"):
         table.add_column(col)
-    for f in flagged[:limit]:
+    for f in loose[:limit]:
         slice_text = ", ".join(f"{k}={v}" for k, v in f.slice.items()) or "(all)"
         detail = ", ".join(
             x for x in (f.scores and f"scores={f.scores}", f.feature and f"feature={f.feature}",
                         f.threshold is not None and f"t={f.threshold:g}") if x
         )
-        fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
         ci = "-" if f.ci is None else f"[{fmt(f.ci[0])}, {fmt(f.ci[1])}]"
         table.add_row(
-            f.status, f"{f.severity:.3g}", f.cause or "-", f.metric, slice_text, detail,
+            f.status, f"{f.severity:.3g}", f.cause or "-", f.metric, escape(slice_text), detail,
             fmt(f.value), fmt(f.expected), ci,
         )
     console.print(table)
-    if len(flagged) > limit:
-        console.print(f"... and {len(flagged) - limit} more (see --json / --findings)")
+    if len(loose) > limit:
+        console.print(f"... and {len(loose) - limit} more (see --json / --findings)")
 
 
 # ---------------------------------------------------------------------------- history

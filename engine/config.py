@@ -464,6 +464,12 @@ class Config(_Model):
         Field(gt=0, le=1, allow_inf_nan=False),
         _requires("a number in (0, 1]"),
     ] = Field(0.05, description="Benjamini-Hochberg false discovery rate within each metric's family of tests.")
+    max_atoms: Annotated[int, Strict(), Field(ge=0), _requires("an integer >= 0")] = Field(
+        1024,
+        description="Most cells of the cross of the slice columns (the atoms localisation "
+        "derives 'slice S without slice S'' from); past it, the columns with the most values "
+        "are left out of the cross. 0: no atoms.",
+    )
     max_invalid_share: Annotated[
         float,
         Strict(),

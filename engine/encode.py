@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -135,6 +136,10 @@ class Layout:
     coarse_edges: np.ndarray
     features: tuple[FeatureLayout, ...] = ()
     delta_edges: np.ndarray = field(default_factory=lambda: default_delta_edges())
+    #: Slice columns whose full cross is accumulated as *atoms* (DESIGN section 6a): cells
+    #: that are never judged, from which "slice S without the rows of slice S'" is derived
+    #: for localisation. Empty: no atoms.
+    atoms: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -156,6 +161,22 @@ class Layout:
         for col in dim:
             size *= self.slice_codes[col].size
         return size
+
+    @property
+    def stat_dims(self) -> list[tuple[str, ...]]:
+        """The dimensions accumulated: the judged ones, then the atoms (when any)."""
+        return self.dims + ([tuple(self.atoms)] if self.atoms else [])
+
+    @property
+    def n_atoms(self) -> int:
+        return self.dim_size(tuple(self.atoms)) if self.atoms else 0
+
+    def atom_codes(self) -> np.ndarray:
+        """``(n_atoms, len(atoms))``: each atom's code in each of its columns (the order of
+        its cells: the last column varies fastest)."""
+        sizes = [self.slice_codes[c].size for c in self.atoms]
+        grids = np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij")
+        return np.stack([g.ravel() for g in grids], axis=1) if sizes else np.zeros((0, 0), np.int64)
 
     @property
     def slice_offsets(self) -> np.ndarray:
@@ -200,6 +221,7 @@ class Layout:
             "slice_codes": {k: cat(v) for k, v in self.slice_codes.items()},
             "crosses": [list(x) for x in self.crosses],
             "thresholds": list(self.thresholds),
+            **({"atoms": list(self.atoms)} if self.atoms else {}),
             "score_edges": self.score_edges.tolist(),
             "decile_edges": self.decile_edges.tolist(),
             "coarse_edges": self.coarse_edges.tolist(),
@@ -231,6 +253,7 @@ class Layout:
             slice_codes={k: cat(v) for k, v in d["slice_codes"].items()},
             crosses=tuple(tuple(x) for x in d["crosses"]),
             thresholds=tuple(d["thresholds"]),
+            atoms=tuple(d.get("atoms", ())),
             score_edges=arr(d["score_edges"]),
             decile_edges=arr(d["decile_edges"]),
             coarse_edges=arr(d["coarse_edges"]),
@@ -249,6 +272,10 @@ class Layout:
             ),
         )
 
+    def with_atoms(self, max_atoms: int) -> "Layout":
+        """This layout with atoms over its slice columns (see :func:`choose_atoms`)."""
+        return dataclasses.replace(self, atoms=choose_atoms(self.slice_columns, self.slice_codes, max_atoms))
+
     def with_slice_column(self, name: str, codes: CategoricalCodes) -> "Layout":
         """This layout with one more slice column (e.g. ``model_version``, found online)."""
         return dataclasses.replace(
@@ -258,6 +285,20 @@ class Layout:
     def fingerprint(self) -> str:
         """A hash of the layout: statistics merge only when their layouts agree."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def choose_atoms(columns: Iterable[str], codes: dict[str, CategoricalCodes], max_atoms: int) -> tuple[str, ...]:
+    """The slice columns whose cross makes the atoms, at most ``max_atoms`` cells.
+
+    All of them when their cross fits; otherwise the column with the most values is left out
+    until it fits (a localisation across a column left out can still use that column's
+    own slices: "the population without S'" needs no atoms). Fewer than two columns need no
+    atoms: every slice is then one already.
+    """
+    cols = list(columns)
+    while len(cols) >= 2 and math.prod(codes[c].size for c in cols) > max_atoms:
+        cols.remove(max(cols, key=lambda c: (codes[c].size, c)))
+    return tuple(cols) if len(cols) >= 2 else ()
 
 
 def stable_key(text: str) -> int:
@@ -295,6 +336,7 @@ class LayoutBuilder:
         crosses: Iterable[tuple[str, str]] = (),
         max_sample: int = 4_000_000,
         total_rows: int | None = None,
+        max_atoms: int = 1024,
     ) -> None:
         self.slice_columns = tuple(slice_columns)
         self.features = dict(features)
@@ -304,6 +346,7 @@ class LayoutBuilder:
         self.score_bins = score_bins
         self.crosses = tuple(tuple(c) for c in crosses)
         self.max_sample = max_sample
+        self.max_atoms = max_atoms
         cat_cols = list(self.slice_columns) + [f for f, k in self.features.items() if k == "categorical"]
         self._counts: dict[str, Counter] = {c: Counter() for c in cat_cols}
         self._samples: dict[str, list[np.ndarray]] = {self.score_column: []}
@@ -376,6 +419,7 @@ class LayoutBuilder:
             decile_edges=deciles,
             coarse_edges=coarse_edges,
             features=tuple(features),
+            atoms=choose_atoms(self.slice_columns, slice_codes, self.max_atoms),
         )
 
     def _top_k(self, col: str) -> CategoricalCodes:

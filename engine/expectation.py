@@ -231,6 +231,7 @@ def build_baseline(
         score_bins=config.score_bins,
         crosses=[tuple(c) for c in config.crosses],
         total_rows=src.count_rows(),
+        max_atoms=config.max_atoms,
     )
     for batch in src.batches(needed, batch_size=config.batch_size):
         builder.update(batch)

@@ -18,13 +18,10 @@ import numpy as np
 import pyarrow as pa
 
 from engine import __version__
-from engine import measure as ME
-from engine import metrics as M
-from engine.bootstrap import CellBootstrap
-from engine.bootstrap import drift_null as drift_null_distributions
+from engine.assess import Context, Sides, assess
 from engine.checkpoint import run_checkpointed
 from engine.cluster import client_for, count_column, is_dask_frame, run_job
-from engine.compare import Evidence, Judge, verdict
+from engine.compare import verdict
 from engine.config import Config, load_config
 from engine.encode import Layout, count_values, top_k_codes
 from engine.errors import ConfigError, SchemaError
@@ -197,6 +194,8 @@ def run_check(
         src_on, src_off, src_out = (sources.get(s) for s in ("online", "offline", "outcomes"))
         base_layout = bl.layout
         layout = _with_model_version(bl.layout, cfg, src_on, given["online"], client)
+        if not layout.atoms:  # a baseline without atoms (older, or max_atoms 0): online only
+            layout = layout.with_atoms(cfg.max_atoms)
         spec = _join_spec(cfg, layout, src_on, src_off, src_out)
         check_owners(cfg, layout.slice_columns, baseline=bl.path)
         has_offline = src_off is not None or spec.online_offline_score is not None
@@ -230,53 +229,16 @@ def run_check(
     stats, report = partial.stats, partial.report
     _refuse_empty(report, sources)
 
-    g_on = ME.grids_from_statistics(stats, layout)
-    g_base = ME.grids_from_statistics(bl.statistics, base_layout)
-    if layout is not base_layout:
-        g_base = ME.select_slices(g_base, _baseline_slice_index(layout, base_layout))
-    fine = ME.fine_resolution(layout)
-    online_vals = ME.measure(g_on, g_base, fine, layout)
-    baseline_vals = ME.measure(g_base, None, fine, layout)
-    reps_on = reps_base = None
-    if cfg.bootstrap > 0:
-        reps = CellBootstrap(layout, kernels, replicates=cfg.bootstrap, seed=cfg.seed).run(g_on, g_base)
-        reps_on, reps_base = reps.online, reps.baseline
-
-    drift_null = None
-    if cfg.bootstrap > 0:
-        drift_null = drift_null_distributions(g_on, g_base, layout, cfg.bootstrap, cfg.seed)
-    events = {"online": (g_on.score[..., 0, :].sum(-1), g_on.score[..., 1, :].sum(-1))}
-    offline_drift = {}
-    if has_offline:
-        events["offline"] = (g_on.offline[..., 0, :].sum(-1), g_on.offline[..., 1, :].sum(-1))
-        drift = M.score_drift(g_on.offline.sum(-2), g_base.score.sum(-2), fine.score_edges, fine.decile_map)
-        offline_drift[("psi", None, "score")] = drift["psi"]
-    baseline_rows = {"score": g_base.score.sum((-1, -2))}
-    for j, f in enumerate(layout.features):
-        baseline_rows[f.name] = g_base.features[j].sum(-1)
-    evidence = Evidence(
-        online=online_vals,
-        baseline=baseline_vals,
-        n=ME.denominators(g_on, fine, layout, online_vals.keys()),
-        baseline_n=ME.denominators(g_base, fine, layout, baseline_vals.keys()),
-        events=events,
-        dq=g_on.dq,
-        dq_flags=acc.dq_flags,
-        slice_rows=g_on.dq[:, 0],
-        online_reps=reps_on,
-        baseline_reps=reps_base,
-        offline_drift=offline_drift,
-        baseline_rows=baseline_rows,
-        has_offline=has_offline,
-        has_outcomes=has_outcomes,
+    ctx = Context(
+        layout=layout, config=cfg, kernels=kernels, dq_flags=acc.dq_flags,
+        has_offline=has_offline, has_outcomes=has_outcomes,
         duplicate_online=int(report.duplicate_keys.get("online", 0)),
-        online_rows_raw=int(report.online_rows),
-        baseline_events=(g_base.score[..., 0, :].sum(-1), g_base.score[..., 1, :].sum(-1)),
-        drift_null=drift_null,
-        global_dq=_table_quality(report, sources),
+        online_rows=int(report.online_rows),
+        table_quality=_table_quality(report, sources),
     )
-    judge = Judge(layout, cfg)
-    findings = judge.findings(evidence)
+    sides = Sides.of(stats, layout, bl)
+    outcome = assess(sides, ctx)
+    findings = outcome.findings
 
     inputs = [_input_record(side, given[side], src, report) for side, src in sources.items()]
     run = {
@@ -294,8 +256,9 @@ def run_check(
         "duration_s": round(time.perf_counter() - t0, 3),
         "joins": {"offline": report.offline_join, "outcomes": report.outcome_join},
         "execution": execution,
+        "localisation": outcome.localisation,
     }
-    whole = {name: int(g_on.dq[0, q]) for q, name in enumerate(acc.dq_flags)}
+    whole = {name: int(sides.online.judged.dq[0, q]) for q, name in enumerate(acc.dq_flags)}
     data_quality = {
         "online_rows": int(report.online_rows),
         "offline_rows": int(report.offline_rows),
@@ -310,14 +273,14 @@ def run_check(
         "unseen_values": {name.split(":", 1)[1]: v for name, v in whole.items() if name.startswith("unseen:")},
         "invalid_offline_scores": whole["invalid_offline_score"],
         # slices of the baseline with no online row: no findings, one line per column
-        "empty_slices": _empty_slices(layout, judge.empty_slices),
+        "empty_slices": _empty_slices(layout, outcome.empty_slices),
     }
     result = CheckResult(
         verdict(findings), findings, run, data_quality,
         # what a run history keeps so that a later check can use this run as its baseline
         extras={"statistics": stats, "layout": layout, "config": cfg},
+        incidents=assign_owners(outcome.incidents, cfg),
     )
-    result.incidents = assign_owners(result.incidents, cfg)
     return result
 
 
@@ -427,14 +390,6 @@ def _bucket_job(stream: Any, cfg: Config, layout: Layout, online: Any, **options
         stream, layout, n_buckets,
         batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
         fragment_rows=cfg.partition_rows, partition_column=cfg.partition_column, **options,
-    )
-
-
-def _baseline_slice_index(layout: Layout, base_layout: Layout) -> np.ndarray:
-    """For each slice of ``layout``, its baseline slice (the population when it has none)."""
-    position = {json.dumps(s, sort_keys=True): i for i, s in enumerate(base_layout.slice_labels())}
-    return np.array(
-        [position.get(json.dumps(s, sort_keys=True), 0) for s in layout.slice_labels()], dtype=np.int64
     )
 
 

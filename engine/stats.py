@@ -86,6 +86,12 @@ DQ_FLAGS = (
 SCORE, OFFLINE_SCORE, LABEL, VALUE, KEY_NULL = "score", "offline_score", "label", "value", "__key_null"
 
 
+def _virtual_name(dim: tuple[str, ...]) -> str:
+    """The name of the virtual column of a dimension of more than two columns (a NUL first:
+    no real column has it)."""
+    return "\0" + "*".join(dim)
+
+
 def _float_column(col) -> np.ndarray:
     """A float column as float32/float64 numpy (zero-copy when it has no nulls)."""
     values = _to_float(col)
@@ -224,7 +230,10 @@ class Accumulator:
         self.paired = paired
         self.with_value = with_value
         self.layout_id = layout.fingerprint()
-        self._dims = layout.dims
+        self._dims = layout.stat_dims  # the judged dimensions, then the atoms
+        # the fused kernels cross at most two columns in a dimension; a wider one (the atoms)
+        # travels as one more, virtual, column whose index is the row's code in it
+        self._virtual = [d for d in self._dims if len(d) > 2]
         sizes = [layout.dim_size(d) for d in self._dims]
         self._n_raw = max(1, sum(sizes))
         self._whole_from = sizes[0] if sizes else 1
@@ -239,10 +248,14 @@ class Accumulator:
         # one unseen-value flag per slice column and per categorical feature, in the order
         # the kernels write them (a column both slice and feature has two, counting alike;
         # the compare stage reads one)
-        self._categorical = [c for c in layout.slice_columns] + [
-            f.name for f in layout.features if f.kind == "categorical"
-        ]
-        self._dq_flags = DQ_FLAGS + tuple(f"unseen:{c}" for c in self._categorical)
+        self._categorical = (
+            [c for c in layout.slice_columns]
+            + [_virtual_name(d) for d in self._virtual]  # never unseen: a placeholder flag
+            + [f.name for f in layout.features if f.kind == "categorical"]
+        )
+        self._dq_flags = DQ_FLAGS + tuple(
+            f"pad:{c}" if c.startswith("\0") else f"unseen:{c}" for c in self._categorical
+        )
         cells = self._n_raw * N_LABEL_STATES * self._n_fine
         if cells > MAX_GRID_CELLS:
             raise ConfigError(
@@ -429,6 +442,16 @@ class Accumulator:
         layout, n = self.layout, batch.num_rows
         cols = layout.slice_columns
         parts = [dictionary_parts(batch.column(c), layout.slice_codes[c]) for c in cols]
+        for dim in self._virtual:
+            code = np.zeros(n, dtype=np.int64)
+            for c in dim:
+                idx, lut, _ = parts[cols.index(c)]
+                null = layout.slice_codes[c].size - 1
+                per_row = np.where(idx >= 0, lut[np.maximum(idx, 0)] if lut.size else null, null)
+                code = code * layout.slice_codes[c].size + per_row
+            size = layout.dim_size(dim)
+            parts.append((code.astype(np.int32), np.arange(size, dtype=np.int32), np.zeros(size, bool)))
+        cols = tuple(cols) + tuple(_virtual_name(d) for d in self._virtual)
         dmax = max([max(len(p[1]), 1) for p in parts], default=1)
         col_index = column_list([p[0] for p in parts], np.int32)  # separate arrays: no copy
         col_lut = np.zeros((len(parts), dmax), np.int32)
@@ -436,11 +459,14 @@ class Accumulator:
         for a, (_, lut, unseen) in enumerate(parts):
             col_lut[a, : len(lut)] = lut
             col_unseen[a, : len(unseen)] = unseen
-        col_null = np.array([layout.slice_codes[c].size - 1 for c in cols], dtype=np.int32)
+        col_null = np.array(
+            [layout.slice_codes[c].size - 1 if c in layout.slice_codes else 0 for c in cols], dtype=np.int32
+        )
         if self._dims:
-            dim_a = np.array([cols.index(d[0]) for d in self._dims], np.int32)
-            dim_b = np.array([cols.index(d[1]) if len(d) > 1 else -1 for d in self._dims], np.int32)
-            dim_b_size = np.array([layout.slice_codes[d[1]].size if len(d) > 1 else 1 for d in self._dims], np.int64)
+            dims = [(_virtual_name(d),) if len(d) > 2 else d for d in self._dims]
+            dim_a = np.array([cols.index(d[0]) for d in dims], np.int32)
+            dim_b = np.array([cols.index(d[1]) if len(d) > 1 else -1 for d in dims], np.int32)
+            dim_b_size = np.array([layout.slice_codes[d[1]].size if len(d) > 1 else 1 for d in dims], np.int64)
         else:  # no slice columns: one dimension whose only code is the population
             col_index = column_list([np.zeros(n, np.int32)])
             col_lut = np.zeros((1, 1), np.int32)

@@ -1,0 +1,436 @@
+"""The incidents stage: which slice explains which finding, and incidents to act on.
+
+A finding answers "did this metric move in this slice"; a user needs "what broke, where".
+Slices overlap (the population holds every slice, ``device=ios`` part of ``country=BR``), so
+one broken slice moves every slice that contains its rows. This stage (DESIGN section 6a):
+
+1. **Explains.** A flagged finding on slice ``S`` is *explained by* an overlapping slice
+   ``S'`` (flagged on the same test) when the same metric on ``S`` *without the rows of*
+   ``S'`` is back within tolerance. Statistics are mergeable, so the remainder is a
+   subtraction of cells: ``S - S'`` when ``S'`` lies inside ``S`` (the population, or a
+   column's slice and one of its crosses), else ``S - (S ∩ S')`` with ``S ∩ S'`` the sum of
+   the *atoms* (cells of the cross of the slice columns, accumulated for this) it holds. The
+   remainder is measured and judged like any slice (point estimate against the tolerance,
+   expected value from the baseline's same remainder when the baseline has atoms, else the
+   baseline's ``S``); a remainder too small to judge counts as explained (``S'`` is nearly
+   all of ``S``). Of several explaining slices the one with the largest own effect wins; two
+   slices that explain each other (the problem sits in their intersection) keep the one with
+   the larger effect. Chains resolve to their end: the population explained by ``device=ios``
+   explained by ``country=BR`` is explained by ``country=BR``.
+2. **Global changes.** A change no slice explains stays on the population; a slice whose
+   own value is within tolerance of the population's (the same change, not a worse one) is
+   explained by the population. A global change is never blamed on a large slice, and the
+   36 per-slice ``label_coverage`` alerts of ordinary label delay are one incident.
+3. **Incidents** = (culprit slice, kind): the culprit's unexplained findings and the findings
+   they explain, in two kinds: data quality (coverage, duplicates, invalid values) and the
+   model's behaviour, whose cause is decided from all its findings together: serving skew
+   when the served scores disagree with the replay (flips, deltas), else data drift when
+   inputs or scores drifted, else concept drift. Severity: the largest of its findings'
+   (effect over tolerance x traffic share), times persistence when windows are on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from engine import measure as ME
+from engine.catalogue import METRICS, Tolerance
+from engine.compare import Evidence, Finding, Judge
+from engine.config import Config
+from engine.encode import Layout
+from engine.measure import Grids
+
+FLAGGED = ("alert", "warn")
+#: Order in which the causes of a model incident's findings decide its cause.
+MODEL_CAUSES = ("serving_skew", "data_drift", "concept_drift")
+STATUS_RANK = {"warn": 1, "alert": 2}
+#: The metric family that shows each cause best (an incident's headline).
+SIGNATURE = {"serving_skew": "skew", "data_drift": "drift", "concept_drift": "performance", "data_quality": "data_quality"}
+
+
+def test_key(f: Finding) -> tuple:
+    """What makes two findings on different slices "the same test"."""
+    return (f.metric, f.scores, f.feature, f.threshold, json.dumps(f.window, sort_keys=True))
+
+
+def slice_json(s: dict[str, str]) -> str:
+    return json.dumps(s, sort_keys=True)
+
+
+def effect(f: Finding) -> float:
+    """``|diff|`` over the tolerance's margin (the severity before the traffic share)."""
+    tol = f.tolerance
+    if f.diff is None:
+        return 0.0
+    if tol["kind"] == "floor":
+        room = 1.0 - tol["value"] if tol["bad"] == "decrease" else tol["value"]
+        return abs(f.diff) / room if room > 0 else 0.0
+    margin = tol["value"] if tol["kind"] == "absolute" else max(tol["value"] * abs(f.expected or 0.0), tol.get("min_margin", 0.0))
+    return abs(f.diff) / margin if margin > 0 else 0.0
+
+
+# ---------------------------------------------------------------------- slice algebra
+@dataclass
+class SliceCells:
+    """The judged slices' grids and the atoms' grids of one side (online or baseline)."""
+
+    judged: Grids
+    atoms: Grids | None
+
+
+def _combine(judged, atoms, plus: np.ndarray, minus_judged: np.ndarray, minus_atoms: np.ndarray | None):
+    """``judged[plus] - minus_judged @ judged - minus_atoms @ atoms`` on every array of a grid
+    (slice axis first), leaving ``None`` where there is nothing."""
+    if judged is None:
+        return None
+    if isinstance(judged, dict):
+        return {k: _combine(judged[k], None if atoms is None else atoms[k], plus, minus_judged, minus_atoms) for k in judged}
+    if isinstance(judged, (list, tuple)):
+        parts = [
+            _combine(a, None if atoms is None else atoms[i], plus, minus_judged, minus_atoms)
+            for i, a in enumerate(judged)
+        ]
+        return type(judged)(parts)
+    a = np.asarray(judged)
+    out = a[plus] - np.tensordot(minus_judged, a, axes=(1, 0)).astype(a.dtype, copy=False)
+    if minus_atoms is not None and atoms is not None:
+        out = out - np.tensordot(minus_atoms, np.asarray(atoms), axes=(1, 0)).astype(a.dtype, copy=False)
+    return out
+
+
+def derive(cells: SliceCells, plus: np.ndarray, minus_judged: np.ndarray, minus_atoms: np.ndarray | None) -> Grids:
+    """The grids of derived slices ``judged[plus] - ...`` (one per row of the matrices)."""
+    g, a = cells.judged, cells.atoms
+    fields = {}
+    for name in g.__dataclass_fields__:
+        fields[name] = _combine(
+            getattr(g, name), None if a is None else getattr(a, name), plus, minus_judged, minus_atoms
+        )
+    return Grids(**fields)
+
+
+class Remainders:
+    """Slices without the rows of other slices: which pairs can be derived, and how.
+
+    ``labels`` are the judged slices' ``{column: value}``; ``atom_labels`` the atoms'.
+    """
+
+    def __init__(self, labels: list[dict[str, str]], layout: Layout) -> None:
+        self.labels = labels
+        self.index = {slice_json(s): i for i, s in enumerate(labels)}
+        self.atom_columns = tuple(layout.atoms)
+        values = [layout.slice_codes[c].labels for c in self.atom_columns]
+        self.atom_labels = [
+            {c: values[k][code] for k, (c, code) in enumerate(zip(self.atom_columns, row))}
+            for row in layout.atom_codes()
+        ]
+
+    @staticmethod
+    def overlap(a: dict[str, str], b: dict[str, str]) -> bool:
+        return all(b.get(k, v) == v for k, v in a.items())
+
+    @staticmethod
+    def holds(atom: dict[str, str], s: dict[str, str]) -> bool:
+        return all(atom[k] == v for k, v in s.items())
+
+    def plan(self, s: dict[str, str], culprits: list[dict[str, str]]) -> tuple[int | None, list[int]] | None:
+        """How to take the rows of ``culprits`` out of ``s``: ``(judged slice to subtract,
+        atoms to subtract)``, or None when it cannot be derived or nothing would remain."""
+        if any(not self.overlap(s, c) or set(c.items()) <= set(s.items()) for c in culprits):
+            return None  # disjoint, or a culprit contains s: nothing would remain
+        if len(culprits) == 1 and set(s.items()) <= set(culprits[0].items()):
+            return self.index[slice_json(culprits[0])], []  # inside s: subtract it whole
+        cols = set(s).union(*culprits)
+        if not cols <= set(self.atom_columns):
+            return None
+        atoms = [
+            i for i, a in enumerate(self.atom_labels)
+            if self.holds(a, s) and any(self.holds(a, c) for c in culprits)
+        ]
+        return None, atoms
+
+
+# ---------------------------------------------------------------------- localisation
+@dataclass
+class Localisation:
+    """``explained_by[finding id] = culprit slice``; ``pairs`` how many remainders were judged."""
+
+    explained_by: dict[str, dict[str, str]]
+    pairs: int
+
+
+#: Most slices one finding's explanation may take together (the greedy search's rounds).
+MAX_CULPRITS = 4
+
+
+def localise(
+    findings: list[Finding],
+    online: SliceCells,
+    baseline: SliceCells,
+    layout: Layout,
+    config: Config,
+    evidence_for: Any,
+) -> Localisation:
+    """Decide which flagged findings overlapping slices (or the population) explain.
+
+    ``evidence_for(on, base)`` builds the :class:`Evidence` of derived grids (the pipeline's
+    own recipe, without replicates), so remainders are measured exactly as slices are.
+
+    For each flagged finding on ``S``, the candidates are the other slices flagged on the
+    same test that overlap ``S``. Round ``r`` judges ``S`` without the rows of the ``r - 1``
+    slices chosen so far plus each remaining candidate; when some remainder is within
+    tolerance the finding is explained (by the chosen slices and the best such candidate);
+    otherwise the candidate that removes the most excess per row removed (the most
+    concentrated) is chosen, and the next round goes on, up to ``MAX_CULPRITS`` slices.
+    """
+    flagged = [f for f in findings if f.status in FLAGGED and f.window is None and not _table_level(f)]
+    by_test: dict[tuple, dict[str, Finding]] = {}
+    for f in flagged:
+        by_test.setdefault(test_key(f), {})[slice_json(f.slice)] = f
+    # A performance metric moved on the replay's scores in S may be explained by a slice
+    # where it moved on the served scores: there the replay's finding is often the served
+    # one's byte-identical twin, which is not emitted.
+    for key, same in list(by_test.items()):
+        if key[1] in ("online", "offline"):
+            twin = by_test.get((key[0], "offline" if key[1] == "online" else "online", *key[2:]), {})
+            by_test[key] = {**{k: f for k, f in twin.items()}, **same}
+    rem = Remainders(layout.slice_labels(), layout)
+    chosen: dict[str, list[Finding]] = {f.id: [] for f in flagged}
+    excess_now = {f.id: _excess(f) for f in flagged}
+    removed_now = {f.id: 0.0 for f in flagged}
+    explained: dict[str, list[Finding]] = {}
+    judged_pairs = 0
+    for _ in range(MAX_CULPRITS):
+        queries: dict[tuple, tuple[int | None, list[int]]] = {}
+        asks: list[tuple[Finding, Finding, tuple]] = []
+        for key, same in by_test.items():
+            for f in same.values():
+                if test_key(f) != key or f.id in explained or len(chosen[f.id]) >= MAX_CULPRITS:
+                    continue
+                for c in same.values():
+                    if c is f or not c.slice or c in chosen[f.id]:
+                        continue
+                    culprits = [x.slice for x in chosen[f.id]] + [c.slice]
+                    q = (slice_json(f.slice), tuple(sorted(slice_json(x) for x in culprits)))
+                    if q not in queries:
+                        plan = rem.plan(f.slice, culprits)
+                        if plan is None:
+                            continue
+                        queries[q] = plan
+                    asks.append((f, c, q))
+        if not asks:
+            break
+        judged_pairs += len(queries)
+        excess, removed = _judge_remainders(queries, rem, online, baseline, layout, config, evidence_for)
+        options: dict[str, list[tuple[Finding, float, float]]] = {}
+        for f, c, q in asks:
+            e = excess.get((q, test_key(f)))
+            if e is not None:
+                options.setdefault(f.id, []).append((c, e, removed.get(q, 0.0)))
+        for fid, opts in options.items():
+            within = [c for c, e, _ in opts if e <= 0]
+            if within:
+                explained[fid] = chosen[fid] + [max(within, key=lambda c: (effect(c), c.id))]
+                continue
+
+            def concentration(opt):
+                c, e, share = opt
+                return ((excess_now[fid] - e) / max(share - removed_now[fid], 1e-12), c.id)
+
+            c, e, share = max(opts, key=concentration)
+            if e >= excess_now[fid]:
+                continue  # nothing helps: the finding stays its own
+            chosen[fid].append(c)
+            excess_now[fid], removed_now[fid] = e, share
+    by_id = {f.id: f for f in flagged}
+    # two slices that explain each other alone: the problem is in their intersection; the
+    # larger effect stays the culprit
+    for fid, culprits in list(explained.items()):
+        if len(culprits) != 1:
+            continue
+        f2 = culprits[0]
+        back = explained.get(f2.id)
+        if back is not None and len(back) == 1 and back[0].id == fid:
+            f = by_id[fid]
+            keeper = f2 if (effect(f2), f.id) > (effect(f), f2.id) else f
+            explained.pop(keeper.id, None)
+    # the first (most concentrated) culprit names the explanation; chains end at a finding
+    # no slice explains
+    culprit: dict[str, dict[str, str]] = {}
+    for fid, culprits in explained.items():
+        seen, cur = {fid}, culprits[0]
+        while cur.id in explained and cur.id not in seen:
+            seen.add(cur.id)
+            cur = explained[cur.id][0]
+        if cur.id in explained:  # a cycle: stop at the largest effect
+            cur = max((by_id[i] for i in seen), key=lambda x: (effect(x), x.id))
+            if cur.id == fid:
+                continue
+        culprit[fid] = cur.slice
+    # a change on the population that no slice explains: slices showing the same change
+    for key, same in by_test.items():
+        pop = same.get(slice_json({}))
+        if pop is None or test_key(pop) != key or pop.id in culprit or pop.value is None:
+            continue
+        tol = _tolerance(pop)
+        for f in same.values():
+            if f is pop or test_key(f) != key or f.id in culprit or f.value is None:
+                continue
+            if tol.kind == "floor":  # within the room the floor leaves of the population's value
+                like = abs(f.value - pop.value) <= (1.0 - tol.value if tol.bad == "decrease" else tol.value)
+            else:
+                like = not tol.beyond(f.value - pop.value, pop.value) and not tol.beyond(pop.value - f.value, pop.value)
+            if like:
+                culprit[f.id] = {}
+    return Localisation(culprit, judged_pairs)
+
+
+def _tolerance(f: Finding) -> Tolerance:
+    t = f.tolerance
+    return Tolerance(t["kind"], t["value"], t["bad"], t.get("min_margin", 0.0))
+
+
+def _excess(f: Finding) -> float:
+    """How far a finding lies beyond its tolerance, in units of the margin (> 0: beyond)."""
+    if f.diff is None or f.expected is None:
+        return math.inf
+    tol = _tolerance(f)
+    return _scaled_excess(tol, f.diff, f.expected)
+
+
+def _scaled_excess(tol: Tolerance, diff: float, expected: float) -> float:
+    if tol.kind == "floor":
+        room = 1.0 - tol.value if tol.bad == "decrease" else tol.value
+        return float(tol.excess(diff, expected)) / (room if room > 0 else 1.0)
+    margin = float(tol.margin(expected))
+    return float(tol.excess(diff, expected)) / (margin if margin > 0 else 1.0)
+
+
+def _table_level(f: Finding) -> bool:
+    """Facts of a whole table (duplicates in the replay, conflicting labels): no slices."""
+    return f.metric in ("duplicate_key_rate", "conflicting_label_rate")
+
+
+def _judge_remainders(queries, rem: Remainders, online: SliceCells, baseline: SliceCells, layout, config, evidence_for):
+    """Judge each planned remainder: ``excess[(query, test key)]`` (in margin units; -inf
+    when too small to judge: the culprits hold nearly all of the slice) and
+    ``removed[query]``, the share of the slice's rows taken out."""
+    keys = list(queries)
+    S, J = len(rem.labels), len(keys)
+    A = len(rem.atom_labels)
+    plus = np.array([rem.index[k[0]] for k in keys], dtype=np.int64)
+    minus_j = np.zeros((J, S), dtype=np.int64)
+    minus_a = np.zeros((J, max(A, 1)), dtype=np.int64)
+    for r, k in enumerate(keys):
+        judged, atoms = queries[k]
+        if judged is not None:
+            minus_j[r, judged] = 1
+        minus_a[r, atoms] = 1
+    on = derive(online, plus, minus_j, minus_a if online.atoms is not None else None)
+    if baseline.atoms is not None:
+        base = derive(baseline, plus, minus_j, minus_a)
+    else:
+        # without the baseline's atoms, an intersection cannot be taken out of it: the
+        # remainder is compared with the baseline's whole slice (documented approximation)
+        base = derive(baseline, plus, minus_j, None)
+    ev = evidence_for(on, base)
+    judge = Judge(layout, config)
+    tests = judge._metric_tests(ev) + judge._dq_tests(ev)
+    rows_all = np.asarray(online.judged.dq[:, 0], dtype=np.float64)
+    rows_left = np.asarray(on.dq[:, 0], dtype=np.float64)
+    removed = {k: float(1.0 - rows_left[r] / rows_all[plus[r]]) if rows_all[plus[r]] > 0 else 1.0 for r, k in enumerate(keys)}
+    excess: dict[tuple, float] = {}
+    for t in tests:
+        name, scores, feature = t.key
+        key = (name, scores, feature, t.threshold, json.dumps(None))
+        if t.insufficient:
+            e = -math.inf
+        else:
+            e = _scaled_excess(t.spec.tolerance_spec, t.diff, t.expected)
+            if not math.isfinite(e):
+                continue
+        excess[(keys[t.s], key)] = e
+    return excess, removed
+
+
+# ---------------------------------------------------------------------- incidents
+def incident_id(slice_: dict[str, str], kind: str) -> str:
+    """Stable across runs: the same culprit and kind is the same incident."""
+    return "inc-" + hashlib.sha1(json.dumps([sorted(slice_.items()), kind]).encode()).hexdigest()[:12]
+
+
+def _kind(f: Finding) -> str:
+    return "data_quality" if METRICS[f.metric].family == "data_quality" else "model"
+
+
+def _describe(f: Finding) -> str:
+    detail = ", ".join(
+        x for x in (f.scores and f"scores={f.scores}", f.feature and f"feature={f.feature}",
+                    f.threshold is not None and f"t={f.threshold:g}") if x
+    )
+    fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    return f"{f.metric}{' (' + detail + ')' if detail else ''} {fmt(f.value)} vs {fmt(f.expected)} expected"
+
+
+def build_incidents(
+    findings: list[Finding], explained_by: dict[str, dict[str, str]], shares: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Group flagged findings into incidents, most severe first (see the module docstring).
+
+    ``shares[slice json]`` is each slice's share of the online rows. Sets each explained
+    finding's ``explained_by``.
+    """
+    own: dict[tuple[str, str], list[Finding]] = {}
+    for f in findings:
+        if f.status in FLAGGED and f.id not in explained_by:
+            own.setdefault((slice_json(f.slice), _kind(f)), []).append(f)
+    explained: dict[tuple[str, str], list[Finding]] = {}
+    for f in findings:
+        if f.status in FLAGGED and f.id in explained_by:
+            key = (slice_json(explained_by[f.id]), _kind(f))
+            if key not in own:  # explained by a slice whose own finding is of the other kind
+                key = next((k for k in own if k[0] == key[0]), key)
+            explained.setdefault(key, []).append(f)
+    incidents = []
+    for key, mine in own.items():
+        slice_ = json.loads(key[0])
+        kind = key[1]
+        if kind == "data_quality":
+            cause = "data_quality"
+        else:
+            causes = {f.cause for f in mine}
+            cause = next((c for c in MODEL_CAUSES if c in causes), sorted(c for c in causes if c)[0] if any(causes) else "concept_drift")
+        members = mine + explained.get(key, [])
+        # the headline: a finding of the incident's own signature (flips for serving skew,
+        # drift for data drift, ...), the most severe
+        family = SIGNATURE.get(cause)
+        top = max(mine, key=lambda f: (METRICS[f.metric].family == family, f.cause == cause, f.severity, f.id))
+        incidents.append({
+            "id": incident_id(slice_, kind),
+            "cause": cause,
+            "slice": slice_,
+            "status": max((f.status for f in members), key=lambda s: STATUS_RANK[s]),
+            "severity": max(f.severity for f in mine),
+            "share": None if shares is None else shares.get(key[0]),
+            "owner": None,
+            "escalation": None,
+            "started": None,
+            "last_seen": None,
+            "ongoing": None,
+            "windows": [],
+            "metrics": sorted({f.metric for f in mine}),
+            "finding_ids": sorted(f.id for f in mine),
+            "explained_finding_ids": sorted(f.id for f in explained.get(key, [])),
+            "headline": _describe(top),
+        })
+    for f in findings:
+        if f.id in explained_by:
+            f.explained_by = explained_by[f.id]
+    incidents.sort(key=lambda i: (-STATUS_RANK[i["status"]], -i["severity"], i["id"]))
+    return incidents
