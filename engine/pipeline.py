@@ -22,6 +22,7 @@ from engine import measure as ME
 from engine import metrics as M
 from engine.bootstrap import CellBootstrap
 from engine.bootstrap import drift_null as drift_null_distributions
+from engine.charts import chart_data, chart_slices
 from engine.checkpoint import run_checkpointed
 from engine.cluster import client_for, count_column, is_dask_frame, run_job
 from engine.compare import Evidence, Judge, verdict
@@ -318,6 +319,10 @@ def run_check(
         extras={"statistics": stats, "layout": layout, "config": cfg},
     )
     result.incidents = assign_owners(result.incidents, cfg)
+    # the report's pictures, from the grids already here (additive JSON key "charts")
+    result.extras["charts"] = chart_data(
+        g_on, g_base, layout, chart_slices(layout, findings, result.incidents), dq_flags=acc.dq_flags
+    )
     return result
 
 
