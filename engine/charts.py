@@ -326,7 +326,10 @@ def wilson_interval(k: Sequence[int], n: Sequence[int], level: float = 0.95) -> 
         p = k / n
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+    # exactly 0 / 1 at the ends (the formula leaves rounding dust there)
+    lo = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))
+    hi = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
+    return lo, hi
 
 
 def flip_rates(matrix: Sequence[Sequence[int]]) -> list[float | None]:
