@@ -425,6 +425,12 @@ RUNTIME = """
   function drawVisible() {
     document.querySelectorAll("[data-chart]").forEach(function (el) { if (visible(el)) { draw(el); } });
   }
+  // when the first screen's charts are drawn: ms since navigation began (load + draw)
+  function settled() {
+    var busy = document.querySelectorAll('[data-chart][data-state="drawing"]').length;
+    if (busy) { setTimeout(settled, 10); return; }
+    document.documentElement.setAttribute("data-charts-ms", String(Math.round(performance.now())));
+  }
   function expand() {
     document.querySelectorAll("details").forEach(function (d) { d.open = true; });
     drawVisible();
@@ -432,6 +438,7 @@ RUNTIME = """
   document.addEventListener("toggle", drawVisible, true);
   window.addEventListener("beforeprint", expand);
   if (location.hash === "#expand") { expand(); } else { drawVisible(); }
+  settled();
 })();
 """
 
