@@ -4,8 +4,8 @@ One page per (model, baseline): every run in time order with its verdict and a l
 report (rendered again from the stored JSON, ``runs/<run id>.html``), and each metric of
 each slice over the runs: its value and interval, the tolerance band around the expected
 value, the status of each run, and the runs where it was part of an incident marked. The
-series drawn are the population's and every series that was ever flagged (capped); the page
-says how many more there are. An ``index.html`` lists the pages.
+series drawn are those ever flagged (most often and most severe first), then the
+population's others, capped; the page says how many more there are. An ``index.html`` lists the pages.
 
 Everything from the runs (model names, slice values, meta) is escaped by Jinja2's
 autoescape; file names are derived from a slug plus a hash, never taken from data as is.
@@ -118,12 +118,14 @@ def _page(model: str, baseline: str, runs: list[dict[str, Any]], reports: dict[s
             series.setdefault(k, []).append((run, {**f, "_incident": in_incident}))
             if f.get("status") in ("alert", "warn"):
                 flagged.add(k)
-    # the population's series, then every series ever flagged (most flagged runs first)
+    # every series ever flagged (most flagged runs, then most severe first), then the
+    # population's other series
     def rank(k: str) -> tuple:
         pts = series[k]
         f = pts[-1][1]
-        return (bool(f.get("slice")), -sum(p[1].get("status") in ("alert", "warn") for p in pts), f.get("metric", ""),
-                slice_label(f.get("slice") or {}), k)
+        n_flagged = sum(p[1].get("status") in ("alert", "warn") for p in pts)
+        worst = max(float(p[1].get("severity") or 0.0) for p in pts)
+        return (n_flagged == 0, -n_flagged, -worst, f.get("metric", ""), slice_label(f.get("slice") or {}), k)
 
     keep = [k for k in series if not (series[k][-1][1].get("slice")) and any(
         p[1].get("value") is not None for p in series[k])]
