@@ -115,8 +115,12 @@ _RUN_LABELS: dict[str, str] = {
 
 #: At most this many slices are named per cause in the summary (the rest are counted).
 MAX_CAUSE_SLICES = 12
-#: Rows of the all-findings table; past it the page points to the JSON/Parquet outputs.
-MAX_ALL_ROWS = 5000
+#: Rows of the all-findings table; past it the page points to the JSON/Parquet outputs (the
+#: flagged findings are kept first, so a capped table still holds every alert it can).
+MAX_ALL_ROWS = 2000
+#: Rows of the alerts and of the warnings table (most severe first), and of an incident's.
+MAX_FLAGGED_ROWS = 500
+MAX_INCIDENT_ROWS = 25
 
 # The one script of the page: sortable headers and the findings filter. It only reads the DOM
 # (data-sort attributes and text), never builds markup from strings. It is hashed into the
@@ -573,6 +577,8 @@ _SKEW = frozenset({"flip_rate", "mean_abs_delta", "p99_abs_delta"})
 _DRIFT = frozenset({"psi", "js_divergence", "ks", "wasserstein"})
 #: Incidents shown with their panels; the rest are listed in a collapsed table.
 MAX_INCIDENT_PANELS = 25
+#: Rows of the table of the incidents past the panels.
+MAX_MORE_INCIDENTS = 200
 #: Rows of the heatmap (slices); the rest are in the tables.
 MAX_HEATMAP_ROWS = 40
 #: Findings in the "top findings" table that is open by default.
@@ -607,6 +613,7 @@ class IncidentView:
     metrics: list[str]
     rows: list[Row]
     explained: int
+    n_findings: int = 0
     charts: list[ChartRef] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     dq_counts: list[tuple[str, str]] = field(default_factory=list)
@@ -790,7 +797,8 @@ def _incident_view(inc: Mapping[str, Any], by_id: dict[str, Finding], chart_data
         escalation=str(inc.get("escalation") or ""),
         when=when,
         metrics=metrics,
-        rows=[_row(f) for f in _by_severity(own + explained)],
+        rows=[_row(f) for f in _by_severity(own + explained)[:MAX_INCIDENT_ROWS]],
+        n_findings=len(own) + len(explained),
         explained=len(explained),
     )
     entry = _chart_entry(chart_data, slice_) if chart_data else None
@@ -876,6 +884,19 @@ def _incident_view(inc: Mapping[str, Any], by_id: dict[str, Finding], chart_data
 
 
 
+def _capped(findings: list[Finding], limit: int) -> list[Finding]:
+    """At most ``limit`` findings in canonical order: the flagged ones first chosen (most
+    severe first), then the rest in order."""
+    if len(findings) <= limit:
+        return findings
+    keep = {id(f) for f in _by_severity(f for f in findings if f.status in ("alert", "warn"))[:limit]}
+    for f in findings:
+        if len(keep) >= limit:
+            break
+        keep.add(id(f))
+    return [f for f in findings if id(f) in keep]
+
+
 def build_context(result: CheckResult) -> dict[str, Any]:
     """Everything the template shows, computed from the result.
 
@@ -936,19 +957,22 @@ def build_context(result: CheckResult) -> dict[str, Any]:
         "incidents": panels,
         "incidents_total": len(incidents),
         "incidents_rest": [
-            _incident_view(inc, by_id, {}, [], _Charts(), level, {}, []) for inc in incidents[MAX_INCIDENT_PANELS:]
+            _incident_view(inc, by_id, {}, [], _Charts(), level, {}, [])
+            for inc in incidents[MAX_INCIDENT_PANELS:MAX_INCIDENT_PANELS + MAX_MORE_INCIDENTS]
         ],
         "incidents_derived": derived,
         "heatmap": heatmap,
         "heatmap_rows": heat_rows,
         "heatmap_left": heat_left,
         "top": [_row(f) for f in flagged[:TOP_FINDINGS]],
-        "alerts": [_row(f) for f in alerts],
-        "warnings": [_row(f) for f in warnings],
+        "alerts": [_row(f) for f in alerts[:MAX_FLAGGED_ROWS]],
+        "warnings": [_row(f) for f in warnings[:MAX_FLAGGED_ROWS]],
+        "alerts_total": len(alerts),
+        "warnings_total": len(warnings),
         "causes": _cause_summaries(findings),
         "dq_rows": _dq_rows(result.data_quality or {}, findings),
         # a browser handles a few thousand rows; the Parquet output holds them all
-        "all_rows": [_row(f) for f in findings[:MAX_ALL_ROWS]],
+        "all_rows": [_row(f) for f in _capped(findings, MAX_ALL_ROWS)],
         "all_rows_left_out": max(0, len(findings) - MAX_ALL_ROWS),
         "statuses": list(STATUS_LABELS.items()),
         "csp": csp,

@@ -59,7 +59,8 @@ def _side_color(domain: Sequence[str]) -> dict[str, Any]:
 
 
 def _base(title: str | list[str], width: int = W, height: int = H) -> dict[str, Any]:
-    return {"title": {"text": title}, "width": width, "height": height, "config": _CONFIG}
+    # long slice values are cut (with an ellipsis) at the chart's width; the full text is in the page
+    return {"title": {"text": title, "limit": width}, "width": width, "height": height, "config": _CONFIG}
 
 
 def reliability_spec(entry: Mapping[str, Any], level: float, title: str) -> dict[str, Any] | None:
