@@ -526,7 +526,10 @@ def _specs(html: str) -> dict[str, Any]:
     return json.loads(block.group(1))
 
 
-def test_incident_panels(incident_result: CheckResult) -> None:
+def test_incident_panels(incident_result: CheckResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.report as report
+
+    monkeypatch.setattr(report, "MAX_INCIDENT_ROWS", 1000)  # every finding of a panel listed
     html = render_html(incident_result)
     page = parse(html)
     # incidents lead, in the given (severity) order, the first one open
