@@ -532,6 +532,55 @@ def _print_series(points: list[dict], metric: str, where: dict, directory: str, 
     console.print(table)
 
 
+# ---------------------------------------------------------------------------- report, dashboard
+@app.command("report")
+def report_cmd(
+    result: Annotated[str, typer.Argument(help="A stored result: the JSON of 'parity check --json', or a history file.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="The HTML report to write.")],
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Render the HTML report of a stored run again."""
+
+    def run() -> None:
+        import json
+
+        from engine.result import CheckResult
+
+        _output_path(out, "the report")
+        try:
+            doc = json.loads(Path(result).expanduser().read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"Cannot read the result '{result}': {exc.strerror or exc}.") from None
+        except ValueError as exc:
+            raise ConfigError(f"The result '{result}' is not JSON: {exc}.") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"The result '{result}' must be a JSON object (parity check --json). Got {type(doc).__name__} instead.")
+        _write(CheckResult.from_dict(doc).report, out, "the report")
+
+    _guard(run, debug)
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    history: Annotated[str, typer.Argument(help="A history directory (parity check --history DIR).")],
+    out: Annotated[str, typer.Option("-o", "--out", help="The directory of the static site to write.")],
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Write a static dashboard of a run history: one page per model and baseline."""
+
+    def run() -> None:
+        from engine.dashboard import write_dashboard
+
+        if not Path(history).expanduser().is_dir():
+            raise ConfigError(f"The history '{history}' is not a directory.")
+        _output_path(out, "the dashboard", directory=True)
+        pages = []
+        _write(lambda p: pages.extend(write_dashboard(history, p)), out, "the dashboard")
+        _console().print(f"dashboard: {len(pages)} pages -> {Path(out) / 'index.html'}")
+
+    _guard(run, debug)
+
+
 # ---------------------------------------------------------------------------- demo
 @app.command("demo")
 def demo_cmd(

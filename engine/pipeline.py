@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from engine import __version__
 from engine.assess import Context, Sides, assess
+from engine.charts import chart_data, chart_slices
 from engine.checkpoint import run_checkpointed
 from engine.cluster import client_for, count_column, is_dask_frame, run_job
 from engine.compare import verdict
@@ -280,6 +281,11 @@ def run_check(
         # what a run history keeps so that a later check can use this run as its baseline
         extras={"statistics": stats, "layout": layout, "config": cfg},
         incidents=assign_owners(outcome.incidents, cfg),
+    )
+    # the report's pictures, from the grids already here (additive JSON key "charts")
+    result.extras["charts"] = chart_data(
+        sides.online.judged, sides.baseline.judged, layout,
+        chart_slices(layout, findings, result.incidents), dq_flags=acc.dq_flags,
     )
     return result
 

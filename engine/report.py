@@ -1,23 +1,33 @@
 """The HTML report: one self-contained page per check (``CheckResult.report(path)``).
 
 :func:`render_html` turns a :class:`~engine.result.CheckResult` into a single HTML document
-that needs nothing but a browser: the CSS is inline, there are no fonts, images, scripts or
-style sheets from anywhere else (the machines that run checks and the people who read the
-reports are often offline), and every chart is inline SVG drawn here, in Python.
+that needs nothing but a browser: the CSS, the chart library (Vega, Vega-Lite and
+vega-interpreter, vendored in ``engine/vendor/``) and the chart specs are inline, and nothing
+is loaded from anywhere else (the machines that run checks and the people who read the
+reports are often offline).
 
-The page leads with what matters: the verdict and the counts per status, the run record,
-then the alerts by severity, the warnings, a summary per cause, the data-quality counts, and
-finally every finding in a collapsed table.
+The page leads with what matters: the verdict, then the incidents by severity, each with a
+drill-down panel of the pictures that explain it (reliability diagram, ROC curves, score
+histograms and the decision matrix, feature histograms, data-quality rates, a control chart
+over windows), then a heatmap of slices x metrics coloured by divergence over tolerance, the
+top findings, and collapsed: the full tables (sortable, filterable), the summary per cause,
+the data-quality counts and the run record (lineage).
+
+The charts' data come from the result's ``charts`` (:mod:`engine.charts`: counts from the
+statistics, stored in the JSON) and ``control_charts``; specs are built by :mod:`engine.vega`.
 
 Safety and determinism
 ----------------------
 * Slice values, column names, paths and ``meta`` come from user data. The template is
   rendered by Jinja2 with ``autoescape=True`` and nothing user-supplied is ever marked safe,
-  so ``<script>`` in a slice value is shown as text. As a second line of defence the page
-  carries a Content-Security-Policy that allows no network access at all and only the one
-  inline script below (by its SHA-256), so even markup that slipped through could not run.
-* The script is optional: it only adds click-to-sort headers and a filter box; every table
-  is complete and readable without it.
+  so ``<script>`` in a slice value is shown as text. Chart specs travel as JSON in a
+  ``<script type="application/json">`` block with ``<``, ``>`` and ``&`` escaped, data values
+  only in ``data.values`` (drawn as SVG text), never in an expression. The page carries a
+  Content-Security-Policy that allows no network access at all and only the page's own inline
+  scripts (by their SHA-256), without ``unsafe-eval``: Vega's expressions run in
+  vega-interpreter.
+* The scripts are optional for reading: without them every table and number is there; the
+  charts need them.
 * The output is a pure function of the result (no clock, no randomness, no environment):
   rendering the same result twice gives the same bytes.
 """
@@ -35,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from markupsafe import Markup
 
+from engine import vega as V
 from engine.catalogue import CAUSES, Tolerance
 from engine.compare import Finding
 
@@ -104,8 +115,12 @@ _RUN_LABELS: dict[str, str] = {
 
 #: At most this many slices are named per cause in the summary (the rest are counted).
 MAX_CAUSE_SLICES = 12
-#: Rows of the all-findings table; past it the page points to the JSON/Parquet outputs.
-MAX_ALL_ROWS = 5000
+#: Rows of the all-findings table; past it the page points to the JSON/Parquet outputs (the
+#: flagged findings are kept first, so a capped table still holds every alert it can).
+MAX_ALL_ROWS = 2000
+#: Rows of the alerts and of the warnings table (most severe first), and of an incident's.
+MAX_FLAGGED_ROWS = 500
+MAX_INCIDENT_ROWS = 25
 
 # The one script of the page: sortable headers and the findings filter. It only reads the DOM
 # (data-sort attributes and text), never builds markup from strings. It is hashed into the
@@ -173,11 +188,6 @@ _SCRIPT = """
   });
 })();
 """
-_SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
-_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-    f"script-src 'sha256-{_SCRIPT_HASH}'; base-uri 'none'; form-action 'none'"
-)
 
 
 # --------------------------------------------------------------------------------------
@@ -318,26 +328,6 @@ class Cell:
     missing: bool = False
 
 
-@dataclass(frozen=True)
-class CIBar:
-    """Geometry of the inline SVG of one finding's interval, in SVG user units.
-
-    The bar is drawn on the difference axis (``value - expected``): the shaded bands are the
-    region beyond tolerance in the bad direction, the thin dashed line is zero (no change),
-    the solid lines are the tolerance, the thick bar is the CI and the dot the point estimate.
-    """
-
-    width: int
-    height: int
-    zero: float
-    tolerance: tuple[float, ...]
-    bad_bands: tuple[tuple[float, float], ...]
-    lo: float | None
-    hi: float | None
-    point: float
-    title: str
-
-
 @dataclass
 class Row:
     """One finding as the template shows it."""
@@ -360,7 +350,8 @@ class Row:
     n: Cell
     p_value: Cell
     reason: str
-    bar: CIBar | None = None
+    id: str = ""
+    explained_by: str = ""
 
 
 @dataclass
@@ -408,64 +399,7 @@ def _num_cell(x: float | None, reason: str | None, digits: int = 4) -> Cell:
     return Cell(fmt_number(x, digits), sort=_sort_value(x))
 
 
-def _ci_bar(f: Finding) -> CIBar | None:
-    """The geometry of a finding's CI bar, or None when there is no difference to draw."""
-    if f.diff is None or not math.isfinite(f.diff):
-        return None
-    width, height, pad = 130, 20, 5.0
-    tol = f.tolerance
-    expected = f.expected if f.expected is not None else 0.0
-    lines: list[float] = []
-    bad: list[str] = []  # "left" / "right" of each tolerance line
-    try:
-        t = Tolerance(kind=tol["kind"], value=float(tol["value"]), bad=tol["bad"])
-    except (KeyError, TypeError, ValueError):
-        t = None
-    if t is not None and t.kind == "floor":
-        # the bound is on the value; on the difference axis it sits at bound - expected
-        lines.append(t.value - expected)
-        bad.append("left" if t.bad == "decrease" else "right")
-    elif t is not None:
-        m = float(t.margin(expected))
-        if t.bad in ("increase", "either"):
-            lines.append(m)
-            bad.append("right")
-        if t.bad in ("decrease", "either"):
-            lines.append(-m)
-            bad.append("left")
-    lo, hi = f.ci if f.ci is not None and len(f.ci) == 2 else (None, None)
-    if lo is not None and hi is not None and not (math.isfinite(lo) and math.isfinite(hi)):
-        lo = hi = None
-    xs = [0.0, f.diff, *lines, *(v for v in (lo, hi) if v is not None)]
-    a, b = min(xs), max(xs)
-    span = b - a
-    if span <= 0:
-        span = abs(a) or 1.0
-    a, b = a - 0.08 * span, b + 0.08 * span
-
-    def x(v: float) -> float:
-        return round(pad + (v - a) / (b - a) * (width - 2 * pad), 2)
-
-    bands = tuple((x(v), float(width)) if side == "right" else (0.0, x(v)) for v, side in zip(lines, bad))
-    title = f"difference {fmt_number(f.diff)}"
-    if lo is not None and hi is not None:
-        title += f", CI [{fmt_number(lo)}, {fmt_number(hi)}]"
-    if lines:
-        title += "; tolerance at " + ", ".join(fmt_number(v) for v in lines)
-    return CIBar(
-        width=width,
-        height=height,
-        zero=x(0.0),
-        tolerance=tuple(x(v) for v in lines),
-        bad_bands=tuple((s, round(e - s, 2)) for s, e in bands),
-        lo=None if lo is None else x(lo),
-        hi=None if hi is None else x(hi),
-        point=x(f.diff),
-        title=title,
-    )
-
-
-def _row(f: Finding, with_bar: bool) -> Row:
+def _row(f: Finding) -> Row:
     reason = f.reason or ""
     ci = (
         Cell(f"[{fmt_number(f.ci[0])}, {fmt_number(f.ci[1])}]", sort=_sort_value(f.ci[0]))
@@ -495,7 +429,8 @@ def _row(f: Finding, with_bar: bool) -> Row:
             else Cell("—", title=reason or "not tested", sort="", missing=True)
         ),
         reason=reason,
-        bar=_ci_bar(f) if with_bar else None,
+        id=f.id,
+        explained_by=slice_label(f.explained_by) if f.explained_by is not None else "",
     )
 
 
@@ -630,6 +565,338 @@ def _inputs(run: Mapping[str, Any]) -> tuple[list[str], list[dict[str, str]]]:
     return cols, rows
 
 
+# --------------------------------------------------------------------------------------
+# Incidents, their drill-down charts, and the heatmap
+# --------------------------------------------------------------------------------------
+
+#: Metrics whose pictures are the ROC curve / the reliability diagram / the skew panel.
+_PERFORMANCE = frozenset({"auc", "precision", "recall", "fpr", "predicted_positive_rate", "positive_rate",
+                          "value_per_row"})
+_CALIBRATION = frozenset({"ece", "brier", "log_loss"})
+_SKEW = frozenset({"flip_rate", "mean_abs_delta", "p99_abs_delta"})
+_DRIFT = frozenset({"psi", "js_divergence", "ks", "wasserstein"})
+#: Incidents shown with their panels; the rest are listed in a collapsed table.
+MAX_INCIDENT_PANELS = 25
+#: Rows of the table of the incidents past the panels.
+MAX_MORE_INCIDENTS = 200
+#: Rows of the heatmap (slices); the rest are in the tables.
+MAX_HEATMAP_ROWS = 40
+#: Findings in the "top findings" table that is open by default.
+TOP_FINDINGS = 15
+
+
+@dataclass
+class ChartRef:
+    """A chart container: the spec's id in the page's chart block, its kind and caption."""
+
+    id: str
+    kind: str
+    caption: str = ""
+
+
+@dataclass
+class IncidentView:
+    """One incident as the page shows it."""
+
+    id: str
+    status: str
+    status_label: str
+    cause: str
+    cause_label: str
+    slice: str
+    severity: Cell
+    share: str
+    headline: str
+    owner: str
+    escalation: str
+    when: str
+    metrics: list[str]
+    rows: list[Row]
+    explained: int
+    n_findings: int = 0
+    charts: list[ChartRef] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    dq_counts: list[tuple[str, str]] = field(default_factory=list)
+    flip_rates: list[tuple[str, str]] = field(default_factory=list)
+    open: bool = False
+
+
+def _key(s: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in (s or {}).items()))
+
+
+def derived_incidents(findings: list[Finding]) -> list[dict[str, Any]]:
+    """Incidents for a result that has none (older runs): flagged findings grouped by
+    (slice, cause), findings explained by another slice attached to that slice's group.
+
+    Returns
+    -------
+    list of dict
+        The shape of ``CheckResult.incidents``, most severe first, each with ``derived: True``.
+    """
+    groups: dict[tuple, dict[str, Any]] = {}
+    flagged = [f for f in _by_severity(findings) if f.status in ("alert", "warn") and f.window is None]
+    for f in flagged:
+        if f.explained_by is not None:
+            continue
+        g = groups.setdefault((_key(f.slice), f.cause or ""), {
+            "cause": f.cause or "", "slice": dict(f.slice), "status": "warn", "severity": 0.0,
+            "metrics": [], "finding_ids": [], "explained_finding_ids": [], "derived": True,
+        })
+        if f.status == "alert":
+            g["status"] = "alert"
+        g["severity"] = max(g["severity"], float(f.severity or 0.0))
+        if f.metric not in g["metrics"]:
+            g["metrics"].append(f.metric)
+        g["finding_ids"].append(f.id)
+    for f in flagged:
+        if f.explained_by is None:
+            continue
+        for (sk, _), g in groups.items():
+            if sk == _key(f.explained_by):
+                g["explained_finding_ids"].append(f.id)
+                break
+    out = sorted(groups.values(), key=lambda g: (g["status"] != "alert", -g["severity"], g["cause"], _key(g["slice"])))
+    for i, g in enumerate(out):
+        g["id"] = f"grp-{i + 1}"
+    return out
+
+
+class _Charts:
+    """Collects the page's chart specs under stable ids."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, Any] = {}
+
+    def add(self, kind: str, spec: dict[str, Any] | None, caption: str = "") -> ChartRef | None:
+        if spec is None:
+            return None
+        cid = f"chart-{len(self.specs) + 1}"
+        self.specs[cid] = spec
+        return ChartRef(cid, kind, caption)
+
+
+def _exceedance(f: Finding) -> float | None:
+    """Divergence over tolerance in the bad direction (1 = at the tolerance, 0 = none)."""
+    if f.value is None or f.diff is None or not math.isfinite(f.diff):
+        return None
+    try:
+        t = Tolerance(kind=f.tolerance["kind"], value=float(f.tolerance["value"]), bad=f.tolerance["bad"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if t.kind == "floor":
+        # how much of the room between the bound and the ideal (1 or 0) is used up
+        if t.bad == "decrease":
+            return max(0.0, (1.0 - f.value) / (1.0 - t.value)) if t.value < 1 else None
+        return max(0.0, f.value / t.value) if t.value > 0 else None
+    margin = float(t.margin(f.expected if f.expected is not None else 0.0))
+    if margin <= 0:
+        return None
+    d = f.diff if t.bad == "increase" else -f.diff if t.bad == "decrease" else abs(f.diff)
+    return max(0.0, d / margin)
+
+
+def _metric_column(f: Finding) -> str:
+    return f"{f.metric} (replay)" if f.scores == "offline" else f.metric
+
+
+def _heatmap(findings: list[Finding], incidents: list[dict[str, Any]], charts: _Charts) -> tuple[ChartRef | None, int, int]:
+    """The slices x metrics heatmap: flagged slices (culprits first, each followed by the
+    slices it explains), every whole-period finding of theirs, coloured by exceedance.
+
+    Returns the chart, the number of rows shown and the number of flagged slices left out.
+    """
+    whole = [f for f in findings if f.window is None]
+    flagged = [f for f in whole if f.status in ("alert", "warn")]
+    if not flagged:
+        return None, 0, 0
+    worst: dict[tuple, float] = {}
+    for f in flagged:
+        k = _key(f.slice)
+        worst[k] = max(worst.get(k, 0.0), float(f.severity or 0.0))
+    explained_by: dict[tuple, tuple] = {}
+    for f in flagged:
+        if f.explained_by is not None:
+            explained_by.setdefault(_key(f.slice), _key(f.explained_by))
+    # a slice is drawn under its culprit when all its flagged findings are explained
+    fully = {k for k in explained_by if all(f.explained_by is not None for f in flagged if _key(f.slice) == k)}
+    order: list[tuple] = []
+    culprits = [_key(i.get("slice")) for i in incidents]
+    for c in [*culprits, *sorted(worst, key=lambda k: (-worst[k], k))]:
+        if c in order or c in fully:
+            continue
+        order.append(c)
+        for k in sorted((k for k in fully if explained_by[k] == c), key=lambda k: (-worst[k], k)):
+            if k not in order:
+                order.append(k)
+    order += [k for k in sorted(fully, key=lambda k: (-worst[k], k)) if k not in order]
+    order = [k for k in order if k in worst]
+    shown, left = order[:MAX_HEATMAP_ROWS], max(0, len(order) - MAX_HEATMAP_ROWS)
+    label = {k: ("\u21b3 " if k in fully else "") + slice_label(dict(k)) for k in shown}
+    columns = sorted({_metric_column(f) for f in flagged if _key(f.slice) in label})
+    cells: dict[tuple, dict[str, Any]] = {}
+    for f in whole:
+        k = _key(f.slice)
+        col = _metric_column(f)
+        if k not in label or col not in columns:
+            continue
+        r = _exceedance(f)
+        if r is None:
+            continue
+        cur = cells.get((k, col))
+        if cur is not None and cur["ratio"] >= r:
+            continue
+        cells[(k, col)] = {
+            "row": label[k], "slice": slice_label(f.slice), "metric": col, "ratio": round(min(r, 99.0), 3),
+            "status": STATUS_LABELS.get(f.status, f.status), "detail": _detail(f) or "\u2014",
+            "explained": f.explained_by is not None,
+            "explained_by": slice_label(f.explained_by) if f.explained_by is not None else "\u2014",
+            "mark": "\u21b3" if f.explained_by is not None and f.status in ("alert", "warn")
+            else ("\u25cf" if f.status == "alert" else "\u25cb" if f.status == "warn" else ""),
+        }
+    spec = V.heatmap_spec(list(cells.values()), [label[k] for k in shown], columns)
+    return charts.add("heatmap", spec), len(shown), left
+
+
+def _chart_entry(chart_data: Mapping[str, Any], slice_: Mapping[str, str]) -> Mapping[str, Any] | None:
+    k = _key(slice_)
+    for e in chart_data.get("slices") or []:
+        if _key(e.get("slice")) == k:
+            return e
+    return None
+
+
+def _incident_view(inc: Mapping[str, Any], by_id: dict[str, Finding], chart_data: Mapping[str, Any],
+                   control: list[Mapping[str, Any]], charts: _Charts, level: float,
+                   data_quality: Mapping[str, Any], all_findings: list[Finding]) -> IncidentView:
+    ids = list(inc.get("finding_ids") or [])
+    own = [by_id[i] for i in ids if i in by_id]
+    explained = [by_id[i] for i in inc.get("explained_finding_ids") or [] if i in by_id]
+    slice_ = dict(inc.get("slice") or {})
+    cause = str(inc.get("cause") or "")
+    metrics = [str(m) for m in inc.get("metrics") or []] or sorted({f.metric for f in own})
+    mset = set(metrics)
+    where = slice_label(slice_)
+    status = str(inc.get("status") or "warn")
+    started, last = inc.get("started"), inc.get("last_seen")
+    when = ""
+    if started or last:
+        when = f"{started or '?'} \u2192 {last or '?'}" + (" (ongoing)" if inc.get("ongoing") else "")
+    share = inc.get("share")
+    view = IncidentView(
+        id=str(inc.get("id") or ""),
+        status=status,
+        status_label=STATUS_LABELS.get(status, status),
+        cause=cause,
+        cause_label=CAUSE_LABELS.get(cause, cause or "unknown"),
+        slice=where,
+        severity=Cell(fmt_number(inc.get("severity"), 3), sort=_sort_value(inc.get("severity"))),
+        share=_fmt_pct(float(share), 3) if isinstance(share, (int, float)) else "",
+        headline=str(inc.get("headline") or ""),
+        owner=str(inc.get("owner") or ""),
+        escalation=str(inc.get("escalation") or ""),
+        when=when,
+        metrics=metrics,
+        rows=[_row(f) for f in _by_severity(own + explained)[:MAX_INCIDENT_ROWS]],
+        n_findings=len(own) + len(explained),
+        explained=len(explained),
+    )
+    entry = _chart_entry(chart_data, slice_) if chart_data else None
+    thresholds = list(chart_data.get("thresholds") or []) if chart_data else []
+
+    def add(kind: str, spec: dict[str, Any] | None, caption: str) -> None:
+        if kind == "score_hist" and any(c.kind == kind for c in view.charts):
+            return
+        ref = charts.add(kind, spec, caption)
+        if ref is not None:
+            view.charts.append(ref)
+
+    if entry is not None:
+        if cause == "concept_drift" or mset & _CALIBRATION:
+            add("reliability", V.reliability_spec(entry, level, f"Reliability \u00b7 {where}"),
+                f"observed positive rate vs mean predicted score per calibration bin, {_fmt_pct(level)} Wilson bands")
+        if cause == "concept_drift" or mset & _PERFORMANCE:
+            add("roc", V.roc_spec(entry, chart_data["roc_edges"], thresholds, f"ROC \u00b7 {where}",
+                                  sides=("online", "offline", "baseline") if cause == "serving_skew" else ("online", "baseline")),
+                "the operating thresholds marked on each curve")
+        if cause == "serving_skew" or mset & _SKEW:
+            add("score_hist", V.score_hist_spec(entry, chart_data["hist_edges"], thresholds, f"Scores \u00b7 {where}"),
+                "score density online, replayed offline and in the baseline; thresholds dashed")
+            add("decisions", V.decisions_spec(entry, thresholds, f"Decisions online \u00d7 replay \u00b7 {where}"),
+                "share of paired rows per score band; off the diagonal a decision flipped")
+            if entry.get("decisions"):
+                from engine.charts import flip_rates
+
+                view.flip_rates = [(f"t={t:g}", _fmt_pct(r, 3)) for t, r in zip(thresholds, flip_rates(entry["decisions"]))]
+        if cause == "data_drift" or mset & _DRIFT:
+            drifted = list(dict.fromkeys(f.feature for f in _by_severity(own) if f.feature and f.metric in _DRIFT))
+            for name in drifted[:4]:
+                if name == "score":
+                    add("score_hist", V.score_hist_spec(entry, chart_data["hist_edges"], thresholds,
+                                                        f"Scores \u00b7 {where}"), "score density, online vs baseline")
+                    continue
+                feat = next((x for x in chart_data.get("features") or [] if x.get("name") == name), None)
+                if feat is not None:
+                    add("feature", V.feature_spec(entry, feat, f"{name} \u00b7 {where}"),
+                        "share of rows per baseline decile (numeric) or value (categorical)")
+        if entry.get("dq") and (cause == "data_quality" or mset & {"join_coverage", "label_coverage"}):
+            dq = entry["dq"]
+            rows = dq.get("rows", 0)
+            for key, label in (("rows", "online rows"), ("has_offline", "with a replay"), ("has_label", "with an outcome"),
+                               ("invalid_score", "invalid scores"), ("invalid_label", "invalid labels"),
+                               ("null_key", "null keys"), ("unseen_value", "unseen values")):
+                if key in dq:
+                    share = f" ({_fmt_pct(dq[key] / rows, 3)})" if rows and key != "rows" else ""
+                    view.dq_counts.append((label, f"{int(dq[key]):,}{share}"))
+    elif chart_data is not None:
+        view.notes.append("No chart data was stored for this slice (the run keeps it for at most "
+                          "the population and the most severe slices).")
+    if cause == "data_quality" or mset & {"join_coverage", "label_coverage", "duplicate_key_rate"}:
+        dq_rows = []
+        dq_metrics = {"join_coverage", "label_coverage", "duplicate_key_rate"}
+        mine = [x for x in all_findings if x.window is None and _key(x.slice) == _key(slice_)
+                and (x.cause == "data_quality" or x.metric in dq_metrics)]
+        for f in _by_severity(mine):
+            if f.value is None:
+                continue
+            t = f.tolerance
+            bound = t.get("value") if t.get("kind") == "floor" else (f.expected or 0.0) + float(t.get("value") or 0.0)
+            lo = hi = None
+            if f.ci is not None and f.expected is not None:
+                lo, hi = f.expected + f.ci[0], f.expected + f.ci[1]
+            label = f.metric + (f" ({f.feature})" if f.feature else "")
+            if any(r["label"] == label for r in dq_rows):
+                continue
+            dq_rows.append({"label": label, "value": V._r(f.value), "lo": V._r(lo), "hi": V._r(hi), "bound": V._r(bound)})
+        add("dq", V.findings_spec(dq_rows, f"Data quality \u00b7 {where}"),
+            "rate with its interval; the red tick is the tolerance bound")
+        if not slice_ and data_quality:
+            dup = data_quality.get("duplicate_keys") or {}
+            for table, n in dup.items():
+                view.dq_counts.append((f"duplicate keys ({table})", f"{int(n):,}"))
+    for cc in control:
+        if _key(cc.get("slice")) == _key(slice_) and (cc.get("metric") in mset):
+            add("control", V.control_spec(cc, f"{cc.get('metric')} over windows \u00b7 {where}"),
+                "per window with its interval; shaded: control limits; red: out of control, onset ruled")
+    if not view.charts and not view.notes:
+        view.notes.append("No picture applies to these findings; their numbers are in the table below.")
+    return view
+
+
+
+def _capped(findings: list[Finding], limit: int) -> list[Finding]:
+    """At most ``limit`` findings in canonical order: the flagged ones first chosen (most
+    severe first), then the rest in order."""
+    if len(findings) <= limit:
+        return findings
+    keep = {id(f) for f in _by_severity(f for f in findings if f.status in ("alert", "warn"))[:limit]}
+    for f in findings:
+        if len(keep) >= limit:
+            break
+        keep.add(id(f))
+    return [f for f in findings if id(f) in keep]
+
+
 def build_context(result: CheckResult) -> dict[str, Any]:
     """Everything the template shows, computed from the result.
 
@@ -651,6 +918,29 @@ def build_context(result: CheckResult) -> dict[str, Any]:
     run = result.run or {}
     input_cols, input_rows = _inputs(run)
     meta = run.get("meta") or {}
+    level = float(run.get("ci_level") or 0.95)
+    charts = _Charts()
+    extras = result.extras or {}
+    chart_data = extras.get("charts") or {}
+    control = [c for c in extras.get("control_charts") or [] if isinstance(c, Mapping)]
+    incidents = list(result.incidents or [])
+    derived = not incidents
+    if derived:
+        incidents = derived_incidents(findings)
+    by_id = {f.id: f for f in findings}
+    panels = [
+        _incident_view(inc, by_id, chart_data, control, charts, level, result.data_quality or {}, findings)
+        for inc in incidents[:MAX_INCIDENT_PANELS]
+    ]
+    if panels:
+        panels[0].open = True
+    heatmap, heat_rows, heat_left = _heatmap(findings, incidents, charts)
+    flagged = _by_severity(f for f in findings if f.status in ("alert", "warn"))
+    scripts = [*(text for _, text in V.vendored()), V.RUNTIME, _SCRIPT] if charts.specs else [_SCRIPT]
+    csp = (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+        f"script-src {' '.join(V.script_hash(t) for t in scripts)}; base-uri 'none'; form-action 'none'"
+    )
     return {
         "verdict": result.verdict,
         "verdict_label": STATUS_LABELS.get(result.verdict, result.verdict),
@@ -664,16 +954,32 @@ def build_context(result: CheckResult) -> dict[str, Any]:
         "input_rows": input_rows,
         "meta": [(str(k), "—" if v is None else str(v)) for k, v in meta.items()],
         "ci_level": _fmt_pct(run.get("ci_level")) if isinstance(run.get("ci_level"), (int, float)) else "",
-        "alerts": [_row(f, True) for f in alerts],
-        "warnings": [_row(f, True) for f in warnings],
+        "incidents": panels,
+        "incidents_total": len(incidents),
+        "incidents_rest": [
+            _incident_view(inc, by_id, {}, [], _Charts(), level, {}, [])
+            for inc in incidents[MAX_INCIDENT_PANELS:MAX_INCIDENT_PANELS + MAX_MORE_INCIDENTS]
+        ],
+        "incidents_derived": derived,
+        "heatmap": heatmap,
+        "heatmap_rows": heat_rows,
+        "heatmap_left": heat_left,
+        "top": [_row(f) for f in flagged[:TOP_FINDINGS]],
+        "alerts": [_row(f) for f in alerts[:MAX_FLAGGED_ROWS]],
+        "warnings": [_row(f) for f in warnings[:MAX_FLAGGED_ROWS]],
+        "alerts_total": len(alerts),
+        "warnings_total": len(warnings),
         "causes": _cause_summaries(findings),
         "dq_rows": _dq_rows(result.data_quality or {}, findings),
         # a browser handles a few thousand rows; the Parquet output holds them all
-        "all_rows": [_row(f, False) for f in findings[:MAX_ALL_ROWS]],
+        "all_rows": [_row(f) for f in _capped(findings, MAX_ALL_ROWS)],
         "all_rows_left_out": max(0, len(findings) - MAX_ALL_ROWS),
         "statuses": list(STATUS_LABELS.items()),
-        "csp": _CSP,
-        "script": Markup(_SCRIPT),  # static text, hashed into the CSP
+        "csp": csp,
+        # static texts, hashed into the CSP; the chart specs as escaped JSON (never markup)
+        "scripts": [Markup(t) for t in scripts[:-1]],
+        "script": Markup(_SCRIPT),
+        "chart_json": Markup(V.json_for_script(charts.specs)) if charts.specs else None,
     }
 
 

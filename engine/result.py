@@ -19,6 +19,8 @@ import pyarrow as pa
 from engine.compare import Finding
 
 SCHEMA_VERSION = 1
+#: ``extras`` entries written as additive top-level JSON keys.
+JSON_EXTRAS = ("charts", "control_charts")
 
 
 @dataclass
@@ -42,7 +44,33 @@ class CheckResult:
             "data_quality": self.data_quality,
             "incidents": self.incidents,
             "findings": [f.to_dict() for f in self.findings],
+            # additive keys: what the report draws (engine.charts), only when computed
+            **{k: self.extras[k] for k in JSON_EXTRAS if k in self.extras},
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CheckResult":
+        """A result read back from its JSON document (``parity report``, the dashboard).
+
+        Unknown top-level keys are ignored; the additive keys of :data:`JSON_EXTRAS` go back
+        into ``extras``.
+        """
+        if d.get("schema_version") != SCHEMA_VERSION:
+            from engine.errors import ConfigError
+
+            raise ConfigError(
+                f"The result's schema_version must be {SCHEMA_VERSION}. Got {d.get('schema_version')!r} instead."
+            )
+        fields = set(Finding.__dataclass_fields__)
+        findings = [Finding(**{k: v for k, v in f.items() if k in fields}) for f in d.get("findings", [])]
+        return cls(
+            verdict=d["verdict"],
+            findings=findings,
+            run=d.get("run") or {},
+            data_quality=d.get("data_quality") or {},
+            extras={k: d[k] for k in JSON_EXTRAS if k in d},
+            incidents=list(d.get("incidents") or []),
+        )
 
     def to_json(self, indent: int | None = 2) -> str:
         """Strict JSON (``allow_nan=False``: an undefined value is null with a reason)."""

@@ -30,7 +30,7 @@ from engine.compare import Finding
 from engine.config import Config
 from engine.expectation import build_baseline
 from engine.pipeline import run_check
-from engine.report import _ci_bar, fmt_number, fmt_p_value, render_html, slice_label
+from engine.report import fmt_number, fmt_p_value, render_html, slice_label
 from engine.result import CheckResult
 from engine.synthetic import generate
 
@@ -159,6 +159,11 @@ class Page(HTMLParser):
         return " ".join(" ".join(self.text_by_id[i]).split())
 
 
+def _markup(html: str) -> str:
+    """The page without the contents of its script elements."""
+    return re.sub(r"(<script[^>]*>).*?(</script>)", r"\1\2", html, flags=re.S)
+
+
 def parse(html: str) -> Page:
     p = Page()
     p.feed(html)
@@ -213,44 +218,6 @@ def _finding(**kw: Any) -> Finding:
     return Finding(**base)
 
 
-def test_ci_bar_geometry() -> None:
-    # decrease: the bad band is left of the tolerance line at -0.02, and the CI lies in it
-    b = _ci_bar(_finding())
-    assert b is not None and len(b.tolerance) == 1 and len(b.bad_bands) == 1
-    tol = b.tolerance[0]
-    assert b.bad_bands[0] == (0.0, tol)
-    assert b.lo < b.point < b.hi < tol < b.zero
-    assert 0 <= b.lo and b.hi <= b.width
-    # either, relative: two lines at ±10% of the expected value, symmetric about zero
-    b = _ci_bar(
-        _finding(
-            tolerance={"kind": "relative", "value": 0.1, "bad": "either"},
-            diff=0.5,
-            ci=[0.4, 0.6],
-            expected=1.0,
-        )
-    )
-    assert len(b.tolerance) == 2 and len(b.bad_bands) == 2
-    right, left = b.tolerance
-    assert left < b.zero < right and abs((right - b.zero) - (b.zero - left)) < 0.02
-    assert right < b.lo < b.point < b.hi
-    # floor: the bound sits at bound - expected on the difference axis (0 when expected is the floor)
-    b = _ci_bar(
-        _finding(
-            metric="join_coverage",
-            tolerance={"kind": "floor", "value": 0.99, "bad": "decrease"},
-            expected=0.99,
-            diff=-0.05,
-            ci=[-0.06, -0.04],
-        )
-    )
-    assert b.tolerance == (b.zero,) and b.hi < b.zero
-    # no interval: the point alone; no difference: no bar
-    b = _ci_bar(_finding(ci=None))
-    assert b is not None and b.lo is None and b.hi is None
-    assert _ci_bar(_finding(value=None, diff=None, ci=None)) is None
-
-
 # --------------------------------------------------------------------------------------
 # The page of a real result
 # --------------------------------------------------------------------------------------
@@ -298,10 +265,8 @@ def test_structure(result: CheckResult, html: str) -> None:
 
     warnings = [f for f in result.findings if f.status == "warn"]
     assert len(page.tables.get("warnings-table", [])) == len(warnings)
-    # one CI bar per flagged finding
-    assert sum(1 for t, a in page.tags if t == "svg" and "cibar" in (a.get("class") or "")) == len(
-        alerts
-    ) + len(warnings)
+    # no chart is drawn by hand: every chart is a Vega-Lite spec drawn in the browser
+    assert not any(t == "svg" for t, _ in page.tags)
 
     # causes: one row per cause among the flagged findings, with its counts
     flagged = [f for f in result.findings if f.status in ("alert", "warn")]
@@ -340,9 +305,13 @@ def test_escaping(html: str) -> None:
     assert XSS in "".join(page.text)
     assert XSS_META in page.id_text("meta")
     # ... and never as markup: ours is the only script, there are no images, no injected ids
-    assert XSS not in html and "<img" not in html
+    assert XSS not in html and "<img" not in _markup(html)
     assert "&lt;script&gt;" in html
-    assert [t for t, _ in page.tags].count("script") == 1
+    # the scripts are ours: the chart specs as JSON (data, never run), the vendored Vega
+    # libraries, the chart runtime and the table script; the hostile value is in none
+    scripts = [a for t, a in page.tags if t == "script"]
+    assert [a.get("type") for a in scripts] == ["application/json"] + [None] * 5
+    assert all(XSS not in text for text in page.script_texts)
     assert "pwned-meta" not in page.ids and not any("data-pwned" in a for _, a in page.tags)
 
 
@@ -353,16 +322,22 @@ def test_self_contained(html: str) -> None:
         assert "src" not in attrs, (tag, attrs)
         href = attrs.get("href")
         assert href is None or href.startswith("#"), href
-    # no network from CSS either, and a CSP that forbids it
-    assert "url(" not in html and "@import" not in html and "http://" not in html
+    # no network from CSS or markup either (the vendored libraries name the SVG namespace
+    # URI, which is not a fetch), and a CSP that forbids it
+    markup = _markup(html)
+    assert "url(" not in markup and "@import" not in markup and "http://" not in markup
     csp = next(
         a["content"] for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"
     )
     assert "default-src 'none'" in csp and "script-src 'sha256-" in csp
-    # the one inline script is the one the policy allows (else the sort/filter would not run)
-    (script,) = page.script_texts
-    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    assert f"'sha256-{digest}'" in csp
+    assert "unsafe-eval" not in csp and "unsafe-inline" not in csp.split("script-src")[1]
+    # every inline script that runs is one the policy allows (else the page would not work)
+    scripts = [a for t, a in page.tags if t == "script"]
+    for attrs, script in zip(scripts, page.script_texts):
+        if attrs.get("type") == "application/json":
+            continue
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp
 
 
 def test_deterministic(result: CheckResult, html: str, tmp_path: Path) -> None:
@@ -437,7 +412,7 @@ def test_in_browser(result: CheckResult, html: str, tmp_path: Path) -> None:
     assert "data-pwned" not in root and not any("data-pwned" in a for _, a in dom.tags)
     assert not any(t == "img" for t, _ in dom.tags)
     assert "pwned-meta" not in dom.ids
-    assert [t for t, _ in dom.tags].count("script") == 1
+    assert [t for t, _ in dom.tags].count("script") == 6
     assert XSS in "".join(dom.text) and XSS_META in dom.id_text("meta")
     assert "<title>parity report: alert (run " in dump.stdout
 
@@ -489,3 +464,251 @@ def test_all_findings_table_is_capped(monkeypatch, result):
     monkeypatch.setattr(report, "MAX_ALL_ROWS", 10)
     page = report.render_html(result)
     assert f"{len(result.findings) - 10:,} more are in the JSON result" in page
+
+
+# --------------------------------------------------------------------------------------
+# Incidents, charts, the heatmap, `parity report` and the dashboard
+# --------------------------------------------------------------------------------------
+
+CHART_KINDS = ("reliability", "roc", "score_hist", "decisions", "feature", "dq", "control", "heatmap")
+ARTIFACTS = Path(os.environ.get("PARITY_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+def _incident(n: int, findings: list[Finding], slice_: dict, cause: str, explained: list[Finding] = ()) -> dict:
+    own = [f for f in findings if f.slice == slice_ and f.cause == cause and f.status in ("alert", "warn")]
+    assert own, (slice_, cause)
+    return {
+        "id": f"inc-{n:012x}", "cause": cause, "slice": slice_,
+        "status": "alert" if any(f.status == "alert" for f in own) else "warn",
+        "severity": max(f.severity for f in own), "share": 0.1, "owner": "team-" + cause, "escalation": None,
+        "started": "2026-11-05T00:00:00Z", "last_seen": "2026-11-07T00:00:00Z", "ongoing": True,
+        "windows": [{"start": "2026-11-05T00:00:00Z", "end": "2026-11-07T00:00:00Z"}],
+        "metrics": sorted({f.metric for f in own}), "finding_ids": [f.id for f in own],
+        "explained_finding_ids": [f.id for f in explained], "headline": f"{cause} in {slice_label(slice_)}",
+    }
+
+
+@pytest.fixture(scope="module")
+def incident_result(result: CheckResult) -> CheckResult:
+    """The real result with incidents built from its findings (the lead's stage's shape), the
+    population's skew explained by the hostile slice, and a control chart."""
+    import copy
+
+    findings = copy.deepcopy(result.findings)
+    culprit = {"country": XSS}
+    flagged = [f for f in findings if f.status in ("alert", "warn")]
+    # the population's skew, and every flag of one device slice (a fixture: the lead's stage decides)
+    device = {"device": "android"}
+    explained = [f for f in flagged if (not f.slice and f.cause == "serving_skew") or f.slice == device]
+    for f in explained:
+        f.explained_by = dict(culprit)
+    incidents = [
+        _incident(1, findings, culprit, "serving_skew", explained),
+        _incident(2, findings, {"country": "MX"}, "concept_drift"),
+        _incident(3, findings, {"country": "DE"}, "data_drift"),
+        _incident(4, findings, {"country": "IN"}, "data_quality"),
+    ]
+    days = [f"2026-11-0{d}T00:00:00Z" for d in range(1, 8)]
+    points = [
+        {"start": a, "end": b, "value": v, "lo": v - 0.01, "hi": v + 0.01, "lcl": -0.02, "ucl": 0.02, "signal": v > 0.02}
+        for a, b, v in zip(days, days[1:], (0.0, 0.004, -0.003, 0.05, 0.3, 0.31))
+    ]
+    control = [{"metric": "flip_rate", "scores": None, "slice": culprit, "feature": None, "threshold": 0.3,
+                "center": 0.0, "onset": days[3], "points": points}]
+    return CheckResult(result.verdict, findings, result.run, result.data_quality,
+                       extras={**result.extras, "control_charts": control}, incidents=incidents)
+
+
+def _specs(html: str) -> dict[str, Any]:
+    import json
+
+    block = re.search(r'<script type="application/json" id="parity-charts">(.*?)</script>', html, re.S)
+    return json.loads(block.group(1))
+
+
+def test_incident_panels(incident_result: CheckResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.report as report
+
+    monkeypatch.setattr(report, "MAX_INCIDENT_ROWS", 1000)  # every finding of a panel listed
+    html = render_html(incident_result)
+    page = parse(html)
+    # incidents lead, in the given (severity) order, the first one open
+    panels = [a for t, a in page.tags if t == "details" and "incident" in (a.get("class") or "").split()]
+    assert [a["data-incident"] for a in panels] == [i["id"] for i in incident_result.incidents]
+    assert "open" in panels[0] and all("open" not in a for a in panels[1:])
+    assert html.index('id="incidents"') < html.index('id="heatmap"') < html.index('id="all-findings"') < html.index('id="run"')
+    # each incident's pictures: the kinds its cause calls for, each a spec in the chart block
+    specs = _specs(html)
+    kinds: dict[int, set[str]] = {}
+    for t, a in page.tags:
+        if t == "div" and a.get("data-chart"):
+            assert a["data-chart"] in specs
+    for n in range(1, 5):
+        body = html[html.index(f'id="incident-{n}"'):]
+        body = body[: body.index("</details>")]
+        kinds[n] = set(re.findall(r'data-kind="([a-z_]+)"', body))
+    assert {"score_hist", "decisions", "control"} <= kinds[1]
+    assert {"reliability", "roc"} <= kinds[2]
+    assert "feature" in kinds[3]
+    assert "dq" in kinds[4]
+    assert set(CHART_KINDS) <= set(re.findall(r'data-kind="([a-z_]+)"', html))
+    # the culprit's panel lists the findings it explains, tied to it
+    rows = page.tables["incident-table-1"]
+    assert sum(f"explained by country={XSS}" in r[4]["text"] for r in rows) == len(incident_result.incidents[0]["explained_finding_ids"]) > 0
+    # the heatmap: the culprit's row first, the population drawn under it, its cells faded
+    heat = next(s for s in specs.values() if s.get("layer", [{}])[0].get("mark", {}).get("type") == "rect"
+                and s.get("height") == {"step": 20})
+    rows_order = heat["encoding"]["y"]["sort"]
+    device = next(f.slice for f in incident_result.findings if f.explained_by and f.slice)
+    assert rows_order[:2] == [f"country={XSS}", "\u21b3 " + slice_label(device)]
+    for row in ("\u21b3 " + slice_label(device), "all rows"):  # wholly and partly explained
+        cells = [c for c in heat["data"]["values"] if c["row"] == row and c["explained"]]
+        assert cells and all(c["explained_by"] == f"country={XSS}" and c["mark"] == "\u21b3" for c in cells)
+    # the control chart carries the onset and the out-of-control windows
+    control = next(s for s in specs.values() if any(l.get("data", {}).get("values", [{}])[0].get("onset") for l in s.get("layer", [])))
+    assert control["layer"][-1]["data"]["values"][0]["onset"] == "2026-11-04T00:00:00Z"
+    # no value ever closes the JSON block or enters an expression
+    block = html[html.index('id="parity-charts">'):]
+    block = block[: block.index("</script>")]
+    assert "<" not in block and XSS not in block
+    for spec in specs.values():
+        for test in re.findall(r'"test":\s*"([^"]*)"', __import__("json").dumps(spec)):
+            assert test in ("datum.share > 0.3", "datum.explained", "datum.ratio > 2"), test
+
+
+def test_report_command_rerenders(incident_result: CheckResult, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    stored = tmp_path / "result.json"
+    incident_result.write_json(stored)
+    out = tmp_path / "again.html"
+    run = CliRunner().invoke(app, ["report", str(stored), "-o", str(out)])
+    assert run.exit_code == 0, run.output
+    assert out.read_text(encoding="utf-8") == render_html(incident_result)
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    run = CliRunner().invoke(app, ["report", str(bad), "-o", str(out)])
+    assert run.exit_code == 2 and "must be a JSON object" in run.output
+
+
+class Drawn(HTMLParser):
+    """Per chart container of a rendered page: its kind, state and the marks Vega drew
+    (elements inside ``g.role-mark`` groups: data marks, not axes or legends); and the text
+    of the drawn SVGs."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.charts: list[dict[str, Any]] = []
+        self.svg_text: list[str] = []
+        self._stack: list[tuple[str, bool, bool]] = []  # (tag, opens a chart, is a mark group)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        in_mark = any(m for _, _, m in self._stack)
+        chart = tag == "div" and a.get("data-chart") is not None
+        if chart:
+            self.charts.append({"kind": a.get("data-kind"), "state": a.get("data-state"), "marks": 0})
+        elif in_mark and tag in ("path", "line", "text", "rect", "circle") and self.charts:
+            self.charts[-1]["marks"] += 1
+        if tag in Page.VOID and tag not in ("circle", "line", "rect"):
+            return
+        self._stack.append((tag, chart, tag == "g" and "role-mark" in (a.get("class") or "").split()))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._stack:
+            t, _, _ = self._stack.pop()
+            if t == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if any(t == "svg" for t, _, _ in self._stack):
+            self.svg_text.append(data)
+
+
+def _render_in_browser(browser: str, url: str, tmp: Path, shot: Path | None = None) -> tuple[str, str]:
+    """The DOM after the charts are drawn, and the page's console messages."""
+    dump = _run_browser(browser, tmp / "profile-dom", "--enable-logging=stderr", "--v=0",
+                        "--virtual-time-budget=15000", "--dump-dom", url)
+    assert dump.returncode == 0, dump.stderr[-2000:]
+    console = "\n".join(line for line in dump.stderr.splitlines() if ":CONSOLE" in line)
+    if shot is not None:
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        run = _run_browser(browser, tmp / "profile-shot", "--virtual-time-budget=15000", f"--screenshot={shot}",
+                           "--window-size=1440,1800", url)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert _png_size(shot.read_bytes()) == (1440, 1800)
+    return dump.stdout, console
+
+
+def test_charts_drawn_in_browser(incident_result: CheckResult, tmp_path: Path) -> None:
+    """Every chart kind is drawn with marks, the page logs nothing, hostile values stay text."""
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no headless browser on PATH; run scripts/install_browser")
+    report = tmp_path / "report.html"
+    incident_result.report(report)
+    # the first screen as a test artifact, then every panel opened (#expand)
+    _render_in_browser(browser, report.resolve().as_uri(), tmp_path / "first", ARTIFACTS / "report.png")
+    dom, console = _render_in_browser(browser, report.resolve().as_uri() + "#expand", tmp_path / "all")
+    assert console == "", console
+    drawn = Drawn()
+    drawn.feed(dom)
+    assert drawn.charts and all(c["state"] == "drawn" for c in drawn.charts), [c for c in drawn.charts if c["state"] != "drawn"][:3]
+    by_kind: dict[str, int] = {}
+    for c in drawn.charts:
+        by_kind[c["kind"]] = min(by_kind.get(c["kind"], 10**9), c["marks"])
+    assert set(CHART_KINDS) <= set(by_kind), by_kind
+    assert all(n > 0 for n in by_kind.values()), by_kind
+    page = parse(dom)
+    assert not any(t == "img" for t, _ in page.tags) and "pwned-meta" not in page.ids
+    assert not any("data-pwned" in a for _, a in page.tags)
+    # the slice value drawn as SVG text in chart titles (cut at the chart's width)
+    assert "<script>document.documentElement" in " ".join(drawn.svg_text)
+    assert XSS in "".join(page.text) and XSS_META in page.id_text("meta")
+
+
+def test_dashboard_in_browser(incident_result: CheckResult, tmp_path: Path) -> None:
+    """A history of three runs: index, one page per model/baseline, each run's report."""
+    import json
+
+    from engine.dashboard import write_dashboard
+
+    history = tmp_path / "history"
+    history.mkdir()
+    base = json.loads(incident_result.to_json())
+    for day in range(3):
+        d = json.loads(json.dumps(base))
+        d["run"]["id"] = f"run{day}"
+        d["run"]["started_at"] = f"2026-11-0{day + 5}T00:00:00Z"
+        d["run"]["meta"]["model"] = "fraud<v7>"
+        for f in d["findings"]:
+            if f["value"] is not None:
+                f["value"] += 0.001 * day
+        (history / f"2026110{day + 5}T000000Z_run{day}.json").write_text(json.dumps(d))
+    site = tmp_path / "site"
+    pages = write_dashboard(history, site)
+    index = parse((site / "index.html").read_text())
+    (row,) = index.tables["pages-table"]
+    assert row[0]["text"] == "fraud<v7>" and row[2]["text"] == "3"
+    page_file = next(p for p in pages if p.parent == site and p.name != "index.html")
+    html = page_file.read_text()
+    runs = parse(html).tables["runs-table"]
+    assert [r[1]["text"] for r in runs] == ["run0", "run1", "run2"]
+    assert all(XSS_META in r[6]["text"] for r in runs)
+    for p in (site / "runs").iterdir():
+        assert p.read_text().startswith("<!DOCTYPE html>")
+    assert len(list((site / "runs").iterdir())) == 3
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no headless browser on PATH; run scripts/install_browser")
+    dom, console = _render_in_browser(browser, page_file.resolve().as_uri(), tmp_path / "b", ARTIFACTS / "dashboard.png")
+    assert console == "", console
+    drawn = Drawn()
+    drawn.feed(dom)
+    assert drawn.charts and all(c["state"] == "drawn" and c["marks"] > 0 for c in drawn.charts)
+    assert "<script>document.documentElement" in " ".join(drawn.svg_text)  # a hostile slice's series, titled as text
+    page = parse(dom)
+    assert not any(t == "img" for t, _ in page.tags) and "pwned-meta" not in page.ids
+    assert any(XSS_META in r[6]["text"] for r in page.tables["runs-table"])
