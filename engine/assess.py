@@ -26,6 +26,10 @@ from engine.measure import Grids
 from engine.stats import Statistics
 
 
+#: Replicates of the remainders judged by localisation (their spread, not fine tails).
+LOCALISATION_BOOTSTRAP = 200
+
+
 @dataclass
 class Sides:
     """The judged slices' and the atoms' grids of the online side and of the baseline."""
@@ -75,17 +79,27 @@ class Context:
     table_quality: dict = field(default_factory=dict)
 
 
-def evidence(on: Grids, base: Grids, ctx: Context, *, bootstrap: int = 0, seed: int = 0, whole_run: bool = False) -> Evidence:
+def evidence(
+    on: Grids,
+    base: Grids,
+    ctx: Context,
+    *,
+    bootstrap: int = 0,
+    seed: int = 0,
+    whole_run: bool = False,
+    slice_keys: np.ndarray | None = None,
+) -> Evidence:
     """Measure the online and baseline grids, draw the replicates (``bootstrap`` > 0) and the
     drift statistics' null, and put it all in an :class:`Evidence`. ``whole_run`` adds the
-    facts that belong to the whole run (duplicates, table-level data quality)."""
+    facts that belong to the whole run (duplicates, table-level data quality);
+    ``slice_keys`` key the draws of grids whose slices are not the layout's (derived ones)."""
     layout = ctx.layout
     fine = ME.fine_resolution(layout)
     online_vals = ME.measure(on, base, fine, layout)
     baseline_vals = ME.measure(base, None, fine, layout)
     reps_on = reps_base = null = None
     if bootstrap > 0:
-        reps = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed).run(on, base)
+        reps = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys).run(on, base)
         reps_on, reps_base = reps.online, reps.baseline
     null = drift_null(on, base, layout, max(bootstrap, 1), seed)
     events = {"online": (on.score[..., 0, :].sum(-1), on.score[..., 1, :].sum(-1))}
@@ -139,7 +153,9 @@ def assess(sides: Sides, ctx: Context) -> Assessment:
     findings = judge.findings(ev)
     loc: Localisation = localise(
         findings, sides.online, sides.baseline, ctx.layout, cfg,
-        lambda d_on, d_base: evidence(d_on, d_base, ctx, seed=cfg.seed),
+        lambda d_on, d_base, keys: evidence(
+            d_on, d_base, ctx, bootstrap=min(cfg.bootstrap, LOCALISATION_BOOTSTRAP), seed=cfg.seed, slice_keys=keys
+        ),
     )
     rows = np.asarray(on.dq[:, 0], dtype=np.float64)
     total = rows[0] if rows[0] else 1.0

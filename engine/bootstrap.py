@@ -114,7 +114,14 @@ class CellBootstrap:
     """
 
     def __init__(
-        self, layout: Layout, kernels, *, replicates: int = 1000, seed: int = 0, chunk: int | None = None
+        self,
+        layout: Layout,
+        kernels,
+        *,
+        replicates: int = 1000,
+        seed: int = 0,
+        chunk: int | None = None,
+        slice_keys: np.ndarray | None = None,
     ) -> None:
         self.layout = layout
         self.kernels = kernels
@@ -132,7 +139,8 @@ class CellBootstrap:
         n_delta = len(self.fine.delta_edges) - 1
         self._delta_map = (np.arange(n_delta) // 8).astype(np.int32)  # every 8th edge
         self._n_delta_coarse = int(self._delta_map.max()) + 1
-        self.slice_keys = layout.slice_keys()
+        # the meaning of each slice on the grids' slice axis (derived slices bring their own)
+        self.slice_keys = layout.slice_keys() if slice_keys is None else np.asarray(slice_keys, dtype=np.uint64)
 
     # ------------------------------------------------------------------ coarse point
     def coarsen(self, g: Grids) -> Grids:

@@ -43,7 +43,7 @@ from engine import measure as ME
 from engine.catalogue import METRICS, Tolerance
 from engine.compare import Evidence, Finding, Judge
 from engine.config import Config
-from engine.encode import Layout
+from engine.encode import Layout, stable_key
 from engine.measure import Grids
 
 FLAGGED = ("alert", "warn")
@@ -179,8 +179,9 @@ def localise(
 ) -> Localisation:
     """Decide which flagged findings overlapping slices (or the population) explain.
 
-    ``evidence_for(on, base)`` builds the :class:`Evidence` of derived grids (the pipeline's
-    own recipe, without replicates), so remainders are measured exactly as slices are.
+    ``evidence_for(on, base, slice_keys)`` builds the :class:`Evidence` of derived grids
+    (the pipeline's own recipe, with a smaller bootstrap keyed by the remainders' meaning),
+    so remainders are measured and judged as slices are.
 
     For each flagged finding on ``S``, the candidates are the other slices flagged on the
     same test that overlap ``S``. Round ``r`` judges ``S`` without the rows of the ``r - 1``
@@ -200,6 +201,16 @@ def localise(
         if key[1] in ("online", "offline"):
             twin = by_test.get((key[0], "offline" if key[1] == "online" else "online", *key[2:]), {})
             by_test[key] = {**{k: f for k, f in twin.items()}, **same}
+    # A finding may also be explained by a slice not flagged on the same test (the
+    # population's AUC moves when one country's scores shift, though that country's own AUC
+    # does not): any slice flagged on something of the same kind is a candidate, standing by
+    # its most severe finding.
+    by_kind: dict[str, dict[str, Finding]] = {}
+    for f in flagged:
+        if f.slice:
+            best = by_kind.setdefault(_kind(f), {}).get(slice_json(f.slice))
+            if best is None or (f.severity, f.id) > (best.severity, best.id):
+                by_kind[_kind(f)][slice_json(f.slice)] = f
     rem = Remainders(layout.slice_labels(), layout)
     chosen: dict[str, list[Finding]] = {f.id: [] for f in flagged}
     excess_now = {f.id: _excess(f) for f in flagged}
@@ -213,8 +224,11 @@ def localise(
             for f in same.values():
                 if test_key(f) != key or f.id in explained or len(chosen[f.id]) >= MAX_CULPRITS:
                     continue
-                for c in same.values():
-                    if c is f or not c.slice or c in chosen[f.id]:
+                pool = {**by_kind.get(_kind(f), {}), **{k: c for k, c in same.items() if c.slice}}
+                pool.pop(slice_json(f.slice), None)
+                pool = list(pool.values())
+                for c in pool:
+                    if c in chosen[f.id]:
                         continue
                     culprits = [x.slice for x in chosen[f.id]] + [c.slice]
                     q = (slice_json(f.slice), tuple(sorted(slice_json(x) for x in culprits)))
@@ -227,23 +241,23 @@ def localise(
         if not asks:
             break
         judged_pairs += len(queries)
-        excess, removed = _judge_remainders(queries, rem, online, baseline, layout, config, evidence_for)
-        options: dict[str, list[tuple[Finding, float, float]]] = {}
+        excess, quiet, removed = _judge_remainders(queries, rem, online, baseline, layout, config, evidence_for)
+        options: dict[str, list[tuple[Finding, float, float, bool]]] = {}
         for f, c, q in asks:
             e = excess.get((q, test_key(f)))
             if e is not None:
-                options.setdefault(f.id, []).append((c, e, removed.get(q, 0.0)))
+                options.setdefault(f.id, []).append((c, e, removed.get(q, 0.0), quiet[(q, test_key(f))]))
         for fid, opts in options.items():
-            within = [c for c, e, _ in opts if e <= 0]
+            within = [c for c, _, _, ok in opts if ok]
             if within:
                 explained[fid] = chosen[fid] + [max(within, key=lambda c: (effect(c), c.id))]
                 continue
 
             def concentration(opt):
-                c, e, share = opt
+                c, e, share, _ = opt
                 return ((excess_now[fid] - e) / max(share - removed_now[fid], 1e-12), c.id)
 
-            c, e, share = max(opts, key=concentration)
+            c, e, share, _ = max(opts, key=concentration)
             if e >= excess_now[fid]:
                 continue  # nothing helps: the finding stays its own
             chosen[fid].append(c)
@@ -260,8 +274,26 @@ def localise(
             f = by_id[fid]
             keeper = f2 if (effect(f2), f.id) > (effect(f), f2.id) else f
             explained.pop(keeper.id, None)
+    # a change on the population that no slice explains is global: a slice showing the same
+    # change (its difference from its expectation within tolerance of the population's) is
+    # explained by the population, whatever else seemed to explain it
+    for key, same in by_test.items():
+        pop = same.get(slice_json({}))
+        if pop is None or test_key(pop) != key or pop.id in explained or pop.diff is None:
+            continue
+        tol = _tolerance(pop)
+        for f in same.values():
+            if f is pop or test_key(f) != key or f.diff is None:
+                continue
+            gap = f.diff - pop.diff
+            if tol.kind == "floor":  # within the room the floor leaves
+                like = abs(gap) <= (1.0 - tol.value if tol.bad == "decrease" else tol.value)
+            else:
+                like = abs(gap) <= float(tol.margin(f.expected))
+            if like:
+                explained[f.id] = [pop]
     # the first (most concentrated) culprit names the explanation; chains end at a finding
-    # no slice explains
+    # nothing explains
     culprit: dict[str, dict[str, str]] = {}
     for fid, culprits in explained.items():
         seen, cur = {fid}, culprits[0]
@@ -273,21 +305,6 @@ def localise(
             if cur.id == fid:
                 continue
         culprit[fid] = cur.slice
-    # a change on the population that no slice explains: slices showing the same change
-    for key, same in by_test.items():
-        pop = same.get(slice_json({}))
-        if pop is None or test_key(pop) != key or pop.id in culprit or pop.value is None:
-            continue
-        tol = _tolerance(pop)
-        for f in same.values():
-            if f is pop or test_key(f) != key or f.id in culprit or f.value is None:
-                continue
-            if tol.kind == "floor":  # within the room the floor leaves of the population's value
-                like = abs(f.value - pop.value) <= (1.0 - tol.value if tol.bad == "decrease" else tol.value)
-            else:
-                like = not tol.beyond(f.value - pop.value, pop.value) and not tol.beyond(pop.value - f.value, pop.value)
-            if like:
-                culprit[f.id] = {}
     return Localisation(culprit, judged_pairs)
 
 
@@ -318,9 +335,15 @@ def _table_level(f: Finding) -> bool:
 
 
 def _judge_remainders(queries, rem: Remainders, online: SliceCells, baseline: SliceCells, layout, config, evidence_for):
-    """Judge each planned remainder: ``excess[(query, test key)]`` (in margin units; -inf
-    when too small to judge: the culprits hold nearly all of the slice) and
-    ``removed[query]``, the share of the slice's rows taken out."""
+    """Judge each planned remainder, like a slice.
+
+    Returns ``excess[(query, test key)]``, the point estimate's excess over the tolerance in
+    margin units (-inf when too small to judge: the culprits hold nearly all of the slice);
+    ``quiet[(query, test key)]``, whether the remainder is back within tolerance as a slice
+    is judged: its interval not wholly beyond the tolerance and no significant excess over
+    half of it (one-sided, at ``fdr_q``), or too small to judge; and ``removed[query]``, the
+    share of the slice's rows taken out.
+    """
     keys = list(queries)
     S, J = len(rem.labels), len(keys)
     A = len(rem.atom_labels)
@@ -339,24 +362,31 @@ def _judge_remainders(queries, rem: Remainders, online: SliceCells, baseline: Sl
         # without the baseline's atoms, an intersection cannot be taken out of it: the
         # remainder is compared with the baseline's whole slice (documented approximation)
         base = derive(baseline, plus, minus_j, None)
-    ev = evidence_for(on, base)
+    ev = evidence_for(on, base, np.array([stable_key(json.dumps(["remainder", *k])) for k in keys], dtype=np.uint64))
     judge = Judge(layout, config)
     tests = judge._metric_tests(ev) + judge._dq_tests(ev)
     rows_all = np.asarray(online.judged.dq[:, 0], dtype=np.float64)
     rows_left = np.asarray(on.dq[:, 0], dtype=np.float64)
     removed = {k: float(1.0 - rows_left[r] / rows_all[plus[r]]) if rows_all[plus[r]] > 0 else 1.0 for r, k in enumerate(keys)}
     excess: dict[tuple, float] = {}
+    quiet: dict[tuple, bool] = {}
     for t in tests:
         name, scores, feature = t.key
         key = (name, scores, feature, t.threshold, json.dumps(None))
         if t.insufficient:
-            e = -math.inf
+            e, ok = -math.inf, True
         else:
-            e = _scaled_excess(t.spec.tolerance_spec, t.diff, t.expected)
+            tol = t.spec.tolerance_spec
+            e = _scaled_excess(tol, t.diff, t.expected)
             if not math.isfinite(e):
                 continue
+            margin = 0.0 if tol.kind == "floor" else float(tol.margin(t.expected))
+            ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else e > 0
+            p_warn = judge._p_value(t, tol, margin / 2)
+            ok = not ci_beyond and not (p_warn < config.fdr_q) if math.isfinite(p_warn) else e <= 0
         excess[(keys[t.s], key)] = e
-    return excess, removed
+        quiet[(keys[t.s], key)] = ok
+    return excess, quiet, removed
 
 
 # ---------------------------------------------------------------------- incidents

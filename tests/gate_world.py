@@ -76,16 +76,36 @@ def draw(
     }
 
 
-def world(online_rows: int, seed: int, *, eval_rows: int | None = None, **kw) -> World:
-    """A baseline table and online, replay and outcome tables of ``online_rows`` rows."""
+def world(
+    online_rows: int,
+    seed: int,
+    *,
+    eval_rows: int | None = None,
+    skew: dict[str, float] | None = None,
+    label_missing: float = 0.0,
+    **kw,
+) -> World:
+    """A baseline table and online, replay and outcome tables of ``online_rows`` rows.
+
+    ``skew[country]``: the served score of that country's rows is raised by that much (a
+    serving bug; the replay keeps the model's score). ``label_missing``: the share of online
+    rows whose outcome never arrives (everywhere alike).
+    """
     ev = draw(eval_rows or online_rows, seed * 2 + 1, id_offset=10**9)
     on = draw(online_rows, seed * 2 + 2, **kw)
     cols = ["request_id", "country", "device", "f_amount", "f_age", "f_channel", "score"]
+    served = on["score"].copy()
+    for name, shift in (skew or {}).items():
+        here = on["country"] == name
+        served[here] = np.clip(served[here] + shift, 0, 1)
+    keep = np.random.default_rng(seed + 99).random(online_rows) >= label_missing
+    online = {k: on[k] for k in cols}
+    online["score"] = served
     return World(
         evaluation=pa.table({k: ev[k] for k in cols[1:] + ["label"]}),
-        online=pa.table({k: on[k] for k in cols}),
+        online=pa.table(online),
         offline=pa.table({"request_id": on["request_id"], "score": on["score"]}),
-        outcomes=pa.table({"request_id": on["request_id"], "label": on["label"]}),
+        outcomes=pa.table({"request_id": on["request_id"][keep], "label": on["label"][keep]}),
     )
 
 
