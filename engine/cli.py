@@ -173,11 +173,13 @@ def baseline_cmd(
     """Build the offline expectation (baseline) from evaluation data."""
 
     def run() -> None:
-        from engine.config import Config, load_config
+        from engine.config import Config, load_config, refuse_label_horizon_without_windows
         from engine.expectation import build_baseline
         from engine.io import open_table
 
         cfg = load_config(config) if config else Config()
+        if config:
+            refuse_label_horizon_without_windows(cfg, None, config)
         src = open_table(data, "evaluation")
         overrides: dict = {
             "columns.evaluation.score": score,
@@ -246,6 +248,8 @@ def check_cmd(
                 raise ConfigError(
                     f"The '--window' option must be a duration such as '1h' or '1d'. Got {window!r} instead."
                 ) from None
+        if time is not None and window is None:
+            _refuse_time_without_window(time, config)
         meta_pairs = _meta(meta)
         for path, what in ((json_out, "the JSON result"), (findings, "the findings"), (report, "the report")):
             _output_path(path, what)
@@ -333,6 +337,22 @@ def _notify(result, url: str, *, report: str | None, history: str | None, consol
             )
     if record["new"]:
         console.print(f"notified {record['delivered']} of {record['new']} new incidents -> {record['target']}")
+
+
+def _refuse_time_without_window(time_column: str, config: str | None) -> None:
+    """``--time`` names the column that windows cut; without a window it would be accepted
+    and do nothing a user can see (it would only order duplicate keys, which is the config's
+    ``columns.online.ts``)."""
+    from engine.config import load_config
+
+    if config is not None and load_config(config).window is not None:
+        return
+    raise ConfigError(
+        f"The '--time' option (got {time_column!r}) names the online time column that "
+        "'--window' cuts into windows, but no window was given, so it would do nothing. "
+        "Add '--window DURATION' (e.g. '--window 1d'), or remove '--time'. (To choose which "
+        "of several online rows with one key is kept, set 'columns.online.ts' in the config.)"
+    )
 
 
 @contextmanager

@@ -83,6 +83,7 @@ __all__ = [
     "config_json_schema",
     "load_config",
     "parse_duration",
+    "refuse_label_horizon_without_windows",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -1031,3 +1032,33 @@ def _format_errors(exc: ValidationError, where: str) -> str:
     if len(sentences) > 3:
         head += f" ({len(sentences) - 3} more problems not shown.)"
     return head
+
+
+def refuse_label_horizon_without_windows(cfg: Config, window: str | None, source: str) -> None:
+    """Refuse a ``label_horizon`` that would be accepted and do nothing.
+
+    The horizon only says which windows are too young to be judged on label-based metrics;
+    without windows (no ``window`` option, no ``--window``) nothing reads it.
+
+    Parameters
+    ----------
+    cfg : Config
+        The effective configuration.
+    window : str or None
+        The window given apart from the configuration (``--window``), if any.
+    source : str
+        Where the configuration came from, for the message (e.g. ``"c.yaml"``).
+
+    Raises
+    ------
+    ConfigError
+        When ``label_horizon`` is set and windows are off.
+    """
+    if cfg.label_horizon is None or window or cfg.window:
+        return
+    raise ConfigError(
+        f"The 'label_horizon' option in {source} does nothing without time windows (got "
+        f"{cfg.label_horizon!r}): it says how long outcomes take to arrive, so that windows "
+        "younger than it are not judged on label-based metrics, and no window is set (no "
+        "'--window', no 'window' option). Remove 'label_horizon', or set a window."
+    )

@@ -562,18 +562,30 @@ def open_table(
         )
 
     if info.type == pafs.FileType.Directory:
-        files = _list_data_files(fs, fspath)
-        if not files:
+        infos = _list_data_files(fs, fspath)
+        if not infos:
             raise SchemaError(
                 f"The {role} table '{given}' is a directory with no data file in it "
                 "(files starting with '.' or '_' are ignored)."
             )
+        files = [i.path for i in infos]
         fmt = format or _directory_format(files)
         base_dir: str | None = fspath.rstrip("/") + "/"
     else:
+        infos = [info]
         files = [fspath]
         fmt = format or _file_format(fs, fspath, given, role)
         base_dir = None
+    for i in infos:
+        if i.size == 0:
+            label = f"'{given}'" if base_dir is None else f"'{given}' (file '{i.path}')"
+            raise SchemaError(
+                f"The {role} table {label} is empty (0 bytes): "
+                + ("a CSV file needs a header line naming its columns and at least one row. "
+                   if fmt == "csv" else "a Parquet file holds its schema (the footer) even "
+                   "when it has no rows. ")
+                + "Was it still being written, or did the job that writes it fail?"
+            )
 
     if fmt == "parquet":
         # Check every footer's magic now (one small read per file) so a corrupt file is
@@ -598,11 +610,32 @@ def open_table(
         else:
             dataset = ds.dataset(fspath, filesystem=fs, format=file_format)
     except (pa.ArrowException, OSError) as exc:
+        if fmt == "csv" and "Empty CSV file" in str(exc):  # e.g. a compressed empty file
+            raise SchemaError(
+                f"The {role} table '{given}' is empty: a CSV file in it has no header line "
+                "naming its columns. Was it still being written, or did the job that writes "
+                "it fail?"
+            ) from exc
         raise SchemaError(
             f"The {role} table '{given}' cannot be read as {fmt.upper()}: {_short(exc)}"
         ) from exc
     if not dataset.schema.names:
         raise SchemaError(f"The {role} table '{given}' has no columns.")
+    if fmt == "csv" and all(pa.types.is_null(f.type) for f in dataset.schema):
+        # Column types come from the values; with none at all (a header line and no rows)
+        # parity cannot know them. Counting is cheap here: no value was seen so far.
+        try:
+            rows = dataset.count_rows()
+        except (pa.ArrowException, OSError):
+            rows = None  # a later file has values the first file's (null) types cannot hold
+        if rows == 0:
+            shown = ", ".join(f"'{n}'" for n in dataset.schema.names[:20])
+            raise SchemaError(
+                f"The {role} table '{given}' has a header line ({shown}) but no rows, so the "
+                "types of its columns are unknown. parity needs at least one row of a CSV "
+                "table; write the table once it has rows (or as Parquet, which keeps the "
+                "types of an empty table)."
+            )
     return TableSource(role, given, fmt, dataset, filesystem=fs, base_dir=base_dir)
 
 
@@ -624,7 +657,8 @@ def _resolve(given: str, role: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(pathlib.Path(given).expanduser().absolute())
 
 
-def _list_data_files(fs: pafs.FileSystem, root: str) -> list[str]:
+def _list_data_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
+    """The data files under ``root`` (sorted by path), hidden and ``_`` files left out."""
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     root = root.rstrip("/") + "/"
     out = []
@@ -634,8 +668,8 @@ def _list_data_files(fs: pafs.FileSystem, root: str) -> list[str]:
         rel = i.path[len(root) :] if i.path.startswith(root) else i.base_name
         if any(part.startswith(_IGNORED_PREFIXES) for part in rel.split("/")):
             continue
-        out.append(i.path)
-    return sorted(out)
+        out.append(i)
+    return sorted(out, key=lambda i: i.path)
 
 
 def _strip_compression(name: str) -> str:

@@ -23,7 +23,7 @@ from engine.charts import chart_data, chart_slices
 from engine.checkpoint import run_checkpointed
 from engine.cluster import client_for, count_column, is_dask_frame, run_job
 from engine.compare import verdict
-from engine.config import Config, load_config
+from engine.config import Config, load_config, refuse_label_horizon_without_windows
 from engine.encode import Layout, count_values, top_k_codes
 from engine.errors import ConfigError, SchemaError
 from engine.expectation import Baseline
@@ -95,6 +95,12 @@ def _refuse_empty(report: Any, sources: dict[str, TableSource]) -> None:
                 f"{report.online_rows:,} online rows. Check that --key names the same request id "
                 "in both tables and that they cover the same period."
             )
+def _config_source(bl: Baseline, config: Config | str | os.PathLike | None) -> str:
+    """How messages name the configuration a check uses."""
+    if config is None:
+        where = f" '{bl.path}'" if bl.path else ""
+        return f"the configuration stored with the baseline{where} (used when no --config is given)"
+    return "the configuration" if isinstance(config, Config) else f"{os.fspath(config)}"
 
 
 def run_check(
@@ -175,6 +181,7 @@ def run_check(
     if time_column:
         overrides["columns.online.ts"] = time_column
     cfg = _resolve_config(bl, config, overrides)
+    refuse_label_horizon_without_windows(cfg, window, _config_source(bl, config))
     if window or cfg.window:
         raise ConfigError(
             "Time windows are not supported yet: parity judges the whole period. "

@@ -479,6 +479,52 @@ def test_outputs_that_cannot_be_written(world, bad, tmp_path):
     assert bad["garbage"].is_file() and bad["online"].is_file()
 
 
+@pytest.mark.parametrize("content", [b"", b"request_id,score,country\n"], ids=["0-bytes", "header-only"])
+def test_empty_online_csv(world, tmp_path, content):
+    path = tmp_path / "online.csv"
+    path.write_bytes(content)
+    err = usage_error(parity(*check_args(world, path)), str(path), "online table")
+    assert "Empty CSV file" not in err  # parity's message, not Arrow's
+    assert ("is empty (0 bytes)" if not content else "header line") in err
+
+
+# ------------------------------------------------------------------------------- options that would do nothing
+def test_time_without_window(world, bad):
+    err = usage_error(parity(*check_args(world, bad["online"], "--time", "served_at")), "'--time'", "'served_at'")
+    assert "'--window" in err and "do nothing" in err
+
+
+def test_label_horizon_in_the_check_config_without_windows(world, bad, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("label_horizon: 30d\n")
+    err = usage_error(parity(*check_args(world, bad["online"], "--config", cfg)), str(cfg), "'label_horizon'", "'30d'")
+    assert "without time windows" in err
+
+
+def test_label_horizon_in_the_baseline_config_without_windows(world, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("slices: [country]\nlabel_horizon: 7d\n")
+    proc = parity("baseline", world["inj"].evaluation, "--out", tmp_path / "bl", "--config", cfg)
+    usage_error(proc, str(cfg), "'label_horizon'", "'7d'", "without time windows")
+    assert not (tmp_path / "bl").exists()
+
+
+def test_label_horizon_stored_with_the_baseline_names_it(world, bad, tmp_path):
+    # A baseline built from Python keeps its config; check reuses it without --config, so the
+    # message must say where the option came from and how to override it.
+    from engine.config import Config
+    from engine.expectation import build_baseline
+
+    bl = build_baseline(world["inj"].evaluation, Config(slices=["country"], label_horizon="7d"), backend="cpu")
+    bl.save(tmp_path / "bl")
+    proc = parity("check", "--baseline", tmp_path / "bl", "--online", bad["online"], "--bootstrap", "0")
+    usage_error(proc, "'label_horizon'", "stored with the baseline", str(tmp_path / "bl"), "--config")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("bootstrap: 0\n")  # a --config replaces the stored one (tolerances, columns, ...)
+    proc = parity("check", "--baseline", tmp_path / "bl", "--online", bad["online"], "--config", cfg)
+    assert proc.returncode in (0, 1), proc.stderr
+
+
 # ------------------------------------------------------------------------------- bad rows: counted
 def test_bad_rows_are_counted_not_fatal(world, tmp_path):
     sc = world["clean"]

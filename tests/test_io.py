@@ -227,6 +227,100 @@ def test_empty_directory_and_unknown_format(tmp_path: pathlib.Path) -> None:
         open_table(tmp_path / "x.json", "online", format="orc")
 
 
+# Empty inputs: parity's own message, naming the table and the file, never Arrow's.
+def _empty_message(tmp_path: pathlib.Path, make) -> tuple[str, str]:
+    """(the message of opening what ``make`` wrote, the path given)."""
+    given = make(tmp_path)
+    with pytest.raises(SchemaError) as e:
+        open_table(given, "outcomes")
+    msg = str(e.value)
+    assert "outcomes table" in msg and str(given) in msg, msg
+    assert "Empty CSV file or block" not in msg and "Could not open" not in msg, msg
+    return msg, str(given)
+
+
+def test_zero_byte_csv(tmp_path: pathlib.Path) -> None:
+    def make(d):
+        (d / "o.csv").write_bytes(b"")
+        return d / "o.csv"
+
+    msg, _ = _empty_message(tmp_path, make)
+    assert "is empty (0 bytes)" in msg and "header line" in msg
+
+
+def test_zero_byte_compressed_csv(tmp_path: pathlib.Path) -> None:
+    import gzip
+
+    def make(d):
+        (d / "o.csv.gz").write_bytes(gzip.compress(b""))  # not 0 bytes, yet no header
+        return d / "o.csv.gz"
+
+    msg, _ = _empty_message(tmp_path, make)
+    assert "is empty" in msg and "no header line" in msg
+
+
+def test_csv_with_a_header_and_no_rows(tmp_path: pathlib.Path) -> None:
+    def make(d):
+        (d / "o.csv").write_text("request_id,label\n")
+        return d / "o.csv"
+
+    msg, _ = _empty_message(tmp_path, make)
+    assert "header line ('request_id', 'label') but no rows" in msg
+
+
+def test_csv_whose_first_file_is_all_empty_fields_still_opens(tmp_path: pathlib.Path) -> None:
+    # all-null columns are not an empty table: rows are there (their values count as invalid)
+    (tmp_path / "o.csv").write_text("request_id,label\n,\n,\n")
+    assert open_table(tmp_path / "o.csv", "outcomes").count_rows() == 2
+
+
+def test_zero_byte_csv_in_a_directory_is_named(tmp_path: pathlib.Path) -> None:
+    def make(d):
+        (d / "t").mkdir()
+        (d / "t" / "a.csv").write_text("request_id,label\nr1,1\n")
+        (d / "t" / "b.csv").write_bytes(b"")
+        return d / "t"
+
+    msg, _ = _empty_message(tmp_path, make)
+    assert "b.csv" in msg and "is empty (0 bytes)" in msg
+
+
+def test_zero_byte_parquet_file(tmp_path: pathlib.Path) -> None:
+    def make(d):
+        (d / "o.parquet").write_bytes(b"")
+        return d / "o.parquet"
+
+    msg, _ = _empty_message(tmp_path, make)
+    assert "is empty (0 bytes)" in msg and "Parquet" in msg
+
+
+def test_parquet_directory_of_empty_files_is_named(tmp_path: pathlib.Path) -> None:
+    def make(d):
+        (d / "t" / "day=1").mkdir(parents=True)
+        (d / "t" / "day=1" / "part-0.parquet").write_bytes(b"")
+        (d / "t" / "_SUCCESS").write_bytes(b"")
+        return d / "t"
+
+    msg, _ = _empty_message(tmp_path, make)
+    assert "part-0.parquet" in msg and "is empty (0 bytes)" in msg
+
+
+def test_empty_directories(tmp_path: pathlib.Path) -> None:
+    def make(d):
+        (d / "t" / "day=1").mkdir(parents=True)  # folders, no file
+        return d / "t"
+
+    msg, _ = _empty_message(tmp_path, make)
+    assert "no data file" in msg
+
+
+def test_parquet_with_a_schema_and_no_rows_opens(tmp_path: pathlib.Path) -> None:
+    # Readable and typed: whether zero rows is acceptable is the run's decision, not io's.
+    pq.write_table(_table(0), tmp_path / "o.parquet")
+    src = open_table(tmp_path / "o.parquet", "outcomes")
+    assert src.count_rows() == 0 and src.schema.field("score").type == pa.float64()
+
+
 # ------------------------------------------------------------------------------ fingerprints
 
 
