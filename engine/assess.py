@@ -24,6 +24,7 @@ from engine.expectation import Baseline
 from engine.incidents import Localisation, SliceCells, build_incidents, localise, slice_json
 from engine.measure import Grids
 from engine.stats import Statistics
+from engine.timeline import chart_records, judge_windows, time_incidents
 
 
 #: Replicates of the remainders judged by localisation (their spread, not fine tails).
@@ -142,13 +143,18 @@ class Assessment:
     incidents: list[dict[str, Any]]
     empty_slices: list[int]
     localisation: dict[str, Any]
+    control_charts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def assess(sides: Sides, ctx: Context) -> Assessment:
-    """Findings of the whole period, then localisation and incidents."""
+def assess(sides: Sides, ctx: Context, windowed: tuple | None = None) -> Assessment:
+    """Findings of the whole period, then localisation and incidents; with ``windowed``
+    (the accumulator, its statistics and the :class:`WindowSpec`), findings per window,
+    control charts, and each incident's onset and persistence."""
     cfg = ctx.config
     on, base = sides.online.judged, sides.baseline.judged
     ev = evidence(on, base, ctx, bootstrap=cfg.bootstrap, seed=cfg.seed, whole_run=True)
+    if windowed is not None and cfg.label_horizon_seconds is not None:
+        ev.label_rows = _rows_due(*windowed, cfg.label_horizon_seconds)
     judge = Judge(ctx.layout, cfg)
     findings = judge.findings(ev)
     loc: Localisation = localise(
@@ -161,6 +167,13 @@ def assess(sides: Sides, ctx: Context) -> Assessment:
     total = rows[0] if rows[0] else 1.0
     shares = {slice_json(s): float(rows[i] / total) for i, s in enumerate(ctx.layout.slice_labels())}
     incidents = build_incidents(findings, loc.explained_by, shares)
+    control: list[dict[str, Any]] = []
+    if windowed is not None:
+        acc, stats, spec = windowed
+        timeline = judge_windows(acc, stats, spec, base, ctx, evidence)
+        time_incidents(incidents, findings, timeline)
+        control = chart_records(incidents, findings, timeline)
+        findings = sorted(findings + timeline.findings, key=Finding.sort_key)
     record = {
         "atoms": list(ctx.layout.atoms),
         "atom_cells": ctx.layout.n_atoms,
@@ -168,4 +181,21 @@ def assess(sides: Sides, ctx: Context) -> Assessment:
         "remainders_judged": loc.pairs,
         "explained_findings": len(loc.explained_by),
     }
-    return Assessment(findings, incidents, judge.empty_slices, record)
+    return Assessment(findings, incidents, judge.empty_slices, record, control)
+
+
+def _rows_due(acc, stats, spec, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, labelled rows) per judged slice over the windows whose outcomes are due (their
+    end at least ``horizon`` before the latest time seen)."""
+    inner = acc._per_window
+    q_rows, q_label = inner.dq_flags.index("rows"), inner.dq_flags.index("has_label")
+    rows = labelled = 0
+    for k in range(spec.count):
+        if spec.bounds(k)[1] <= spec.latest - horizon:
+            dq = ME.grids_from_statistics(acc.window_statistics(stats, k), inner.layout).dq
+            rows = rows + dq[:, q_rows].astype(np.float64)
+            labelled = labelled + dq[:, q_label].astype(np.float64)
+    n = inner.layout.n_slices
+    if np.isscalar(rows):
+        rows = labelled = np.zeros(n)
+    return rows, labelled

@@ -154,6 +154,7 @@ class _Test:
     ci_beyond: bool = False  # the whole interval is
     survives_fdr: bool = False  # Benjamini-Hochberg in the test's family
     warn_fdr: bool = False  # ... of "beyond half the tolerance"
+    label_delay: bool = False  # label coverage of rows whose outcomes are due
 
 
 @dataclass
@@ -188,6 +189,9 @@ class Evidence:
     drift_null: Any = None
     #: Global data-quality counts: (metric, table) -> (count, rows) (duplicates per table...).
     global_dq: dict = field(default_factory=dict)
+    #: With a label horizon: (rows, labelled rows) per slice of the windows whose outcomes
+    #: are due; label coverage is judged on them alone, and a shortfall is ``label_delay``.
+    label_rows: tuple | None = None
 
 
 class Judge:
@@ -409,10 +413,21 @@ class Judge:
         rows = flags["rows"]
         total = rows[0] if rows[0] else 1.0
         specs: list[tuple[str, np.ndarray, str | None]] = []
+        tests_due: list[_Test] = []
         if ev.has_offline:
             specs.append(("join_coverage", flags["has_offline"], None))
         if ev.has_outcomes:
-            specs.append(("label_coverage", flags["has_label"], None))
+            if ev.label_rows is not None:  # a label horizon: only rows whose outcomes are due
+                rows_due, labelled_due = ev.label_rows
+                spec = self._spec("label_coverage")
+                if spec is not None:
+                    total_due = rows_due[0] if rows_due[0] else 1.0
+                    for s in range(len(rows)):
+                        t = self._rate_test(spec, s, labelled_due[s], rows_due[s], None, rows_due[s] / total_due)
+                        t.label_delay = True
+                        tests_due.append(t)
+            else:
+                specs.append(("label_coverage", flags["has_label"], None))
             specs.append(("invalid_label_rate", flags["invalid_label"], None))
         specs.append(("invalid_score_rate", flags["invalid_score"], None))
         specs.append(("null_key_rate", flags["null_key"], None))
@@ -422,7 +437,7 @@ class Judge:
             specs.append(("unseen_value_rate", flags["unseen_value"], None))
         for name in per_column:
             specs.append(("unseen_value_rate", flags[name], name.split(":", 1)[1]))
-        tests = []
+        tests = tests_due
         for name, counts, column in specs:
             spec = self._spec(name)
             if spec is None:
@@ -554,7 +569,7 @@ class Judge:
                 fam = t.spec.family
                 name, scores, feature = t.key
                 if fam == "data_quality":
-                    t.cause = "data_quality"
+                    t.cause = "label_delay" if t.label_delay else "data_quality"
                 elif fam == "skew":
                     t.cause = "serving_skew"
                 elif fam == "drift" and feature != "score":

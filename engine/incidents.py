@@ -432,7 +432,7 @@ def build_incidents(
         slice_ = json.loads(key[0])
         kind = key[1]
         if kind == "data_quality":
-            cause = "data_quality"
+            cause = "label_delay" if all(f.cause == "label_delay" for f in mine) else "data_quality"
         else:
             causes = {f.cause for f in mine}
             cause = next((c for c in MODEL_CAUSES if c in causes), sorted(c for c in causes if c)[0] if any(causes) else "concept_drift")

@@ -42,7 +42,7 @@ from engine.encode import Layout
 from engine.errors import ConfigError, SchemaError
 from engine.io import TableSource, open_table
 from engine.join import JoinReport, JoinSpec, JoinedStream
-from engine.stats import KEY_NULL, Accumulator, Statistics
+from engine.stats import KEY_NULL, Accumulator, Statistics, WindowSpec
 from kernels import get_kernels
 
 __all__ = [
@@ -190,6 +190,7 @@ class BucketJob:
     fragment_rows: int = MEMORY_FRAGMENT_ROWS
     partition_column: str | None = None
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
+    windows: WindowSpec | None = None
 
     @classmethod
     def for_join(cls, stream: JoinedStream, layout: Layout, n_buckets: int, **options: Any) -> "BucketJob":
@@ -203,7 +204,7 @@ class BucketJob:
         n_buckets : int
         **options
             ``backend``, ``paired``, ``with_value``, ``batch_size``, ``memory_limit``,
-            ``threads``, ``fragment_rows``, ``partition_column``.
+            ``threads``, ``fragment_rows``, ``partition_column``, ``windows``.
         """
         columns = stream.columns_read()
         sources = {"online": stream.online, "offline": stream.offline, "outcomes": stream.outcomes}
@@ -601,7 +602,9 @@ def join_bucket(
         memory_limit=job.memory_limit,
         threads=threads,
     )
-    acc = Accumulator(job.layout, get_kernels(job.backend), paired=job.paired, with_value=job.with_value)
+    acc = Accumulator(
+        job.layout, get_kernels(job.backend), paired=job.paired, with_value=job.with_value, windows=job.windows
+    )
     with _numba_threads(threads):
         stats = accumulate_joined(stream, acc)
     return Partial(stats, stream.report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import time
 import uuid
@@ -32,7 +33,8 @@ from engine.join import JoinSpec, join
 from engine.owners import assign_owners, check_owners
 from engine.result import CheckResult
 from engine.partition import BucketJob, Partial, accumulate_joined, frame_to_arrow, n_buckets_for
-from engine.stats import Accumulator
+from engine.stats import Accumulator, WindowSpec, epoch_seconds
+from engine.timeline import DESIGNED_FALSE_ALARM_RATE, iso
 from kernels import get_kernels
 
 
@@ -182,11 +184,8 @@ def run_check(
         overrides["columns.online.ts"] = time_column
     cfg = _resolve_config(bl, config, overrides)
     refuse_label_horizon_without_windows(cfg, window, _config_source(bl, config))
-    if window or cfg.window:
-        raise ConfigError(
-            "Time windows are not supported yet: parity judges the whole period. "
-            f"Remove --window / the 'window' option (got {window or cfg.window!r})."
-        )
+    if window:
+        cfg = cfg.with_overrides(window=window)
     kernels = get_kernels(backend)
     given = {"online": online, "offline": offline, "outcomes": outcomes}
     if scheduler is None and any(is_dask_frame(x) for x in given.values()):
@@ -204,7 +203,8 @@ def run_check(
         layout = _with_model_version(bl.layout, cfg, src_on, given["online"], client)
         if not layout.atoms:  # a baseline without atoms (older, or max_atoms 0): online only
             layout = layout.with_atoms(cfg.max_atoms)
-        spec = _join_spec(cfg, layout, src_on, src_off, src_out)
+        windows = _window_spec(cfg, src_on, given["online"]) if cfg.window else None
+        spec = _join_spec(cfg, layout, src_on, src_off, src_out, windows)
         check_owners(cfg, layout.slice_columns, baseline=bl.path)
         has_offline = src_off is not None or spec.online_offline_score is not None
         has_outcomes = src_out is not None or spec.online_label is not None
@@ -215,7 +215,7 @@ def run_check(
             src_on, src_off, src_out, spec,
             batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
         )
-        acc = Accumulator(layout, kernels, paired=has_offline, with_value=with_value)
+        acc = Accumulator(layout, kernels, paired=has_offline, with_value=with_value, windows=windows)
         execution: dict[str, Any] = {"mode": "stream"}
         if client is None and checkpoint is None:
             advance = _rows_done(progress, lambda: stream.report.online_rows)
@@ -225,7 +225,7 @@ def run_check(
                       for s in stream.columns_read()}
             job = _bucket_job(
                 stream, cfg, layout, given["online"],
-                backend=backend, paired=has_offline, with_value=with_value,
+                backend=backend, paired=has_offline, with_value=with_value, windows=windows,
             )
             if client is not None:
                 partial, n_buckets = run_job(client, job, joined, progress=progress is not None)
@@ -245,7 +245,7 @@ def run_check(
         table_quality=_table_quality(report, sources),
     )
     sides = Sides.of(stats, layout, bl)
-    outcome = assess(sides, ctx)
+    outcome = assess(sides, ctx, windowed=None if windows is None else (acc, stats, windows))
     findings = outcome.findings
 
     inputs = [_input_record(side, given[side], src, report) for side, src in sources.items()]
@@ -284,17 +284,33 @@ def run_check(
         "empty_slices": _empty_slices(layout, outcome.empty_slices),
     }
     result = CheckResult(
-        verdict(findings), findings, run, data_quality,
+        _verdict(outcome.incidents, findings), findings, run, data_quality,
         # what a run history keeps so that a later check can use this run as its baseline
         extras={"statistics": stats, "layout": layout, "config": cfg},
         incidents=assign_owners(outcome.incidents, cfg),
     )
     # the report's pictures, from the grids already here (additive JSON key "charts")
+    if windows is not None:
+        result.extras["control_charts"] = outcome.control_charts
+        run["windows"] = {
+            "column": windows.column, "width": cfg.window, "count": windows.count,
+            "start": iso(windows.origin), "end": iso(windows.bounds(windows.count - 1)[1]),
+            "designed_false_alarm_rate": DESIGNED_FALSE_ALARM_RATE,
+            "label_horizon": cfg.label_horizon,
+        }
     result.extras["charts"] = chart_data(
         sides.online.judged, sides.baseline.judged, layout,
         chart_slices(layout, findings, result.incidents), dq_flags=acc.dq_flags,
     )
     return result
+
+
+def _verdict(incidents: list[dict[str, Any]], findings: list[Any]) -> str:
+    """The worst incident's status (every flagged whole-period finding belongs to one);
+    findings of single windows do not decide it (their incidents do)."""
+    if incidents:
+        return "alert" if any(i["status"] == "alert" for i in incidents) else "warn"
+    return verdict([f for f in findings if f.window is None])
 
 
 def _empty_slices(layout: Layout, empty: list[int]) -> dict[str, list[str]]:
@@ -406,7 +422,44 @@ def _bucket_job(stream: Any, cfg: Config, layout: Layout, online: Any, **options
     )
 
 
-def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out) -> JoinSpec:
+#: Most time windows one check judges (each is a full set of findings).
+MAX_WINDOWS = 1000
+
+
+def _window_spec(cfg: Config, src_on: TableSource, online: Any) -> WindowSpec:
+    """The windows of ``cfg.window`` over the online table's time range (one scan of the
+    time column; windows are aligned to the Unix epoch, in UTC)."""
+    column = cfg.columns.online.ts
+    if column is None or not src_on.has(column):
+        raise SchemaError(
+            f"Windows ('--window {cfg.window}') need the online table's time column: '{column}' is not a "
+            f"column of {src_on.where}. Name it with --time COL (or columns.online.ts)."
+        )
+    src_on.require(column, ("timestamp", "numeric"))
+    width = cfg.window_seconds
+    if is_dask_frame(online):
+        col = online[column]
+        lo, hi = (pa.array([x]) for x in (col.min().compute(), col.max().compute()))
+        lo_s, hi_s = float(epoch_seconds(lo)[0]), float(epoch_seconds(hi)[0])
+    else:
+        lo_s, hi_s = math.inf, -math.inf
+        for batch in src_on.batches([column], batch_size=cfg.batch_size):
+            seconds = epoch_seconds(batch.column(0))
+            if np.isfinite(seconds).any():
+                lo_s, hi_s = min(lo_s, float(np.nanmin(seconds))), max(hi_s, float(np.nanmax(seconds)))
+    if not (math.isfinite(lo_s) and math.isfinite(hi_s)):
+        raise SchemaError(f"The time column '{column}' of {src_on.where} is empty or all null: no window can be formed.")
+    first, last = math.floor(lo_s / width), math.floor(hi_s / width)
+    count = last - first + 1
+    if count > MAX_WINDOWS:
+        raise ConfigError(
+            f"'--window {cfg.window}' over the time range of '{column}' in {src_on.where} makes {count:,} windows, "
+            f"more than the {MAX_WINDOWS} one check judges; use a longer window or check a shorter period."
+        )
+    return WindowSpec(column=column, origin=first * width, width=width, count=count, latest=hi_s)
+
+
+def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out, windows: WindowSpec | None = None) -> JoinSpec:
     """Validate the columns each table needs and say what travels through the join."""
     cols = cfg.columns
     keys = cols.key("online")
@@ -453,6 +506,8 @@ def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out) -> Jo
     if online_off is not None:
         src_on.require(online_off, "numeric")
     carried = list(dict.fromkeys([*layout.slice_columns, *[f.name for f in layout.features]]))
+    if windows is not None:  # the accumulator reads each row's window from it
+        carried.append(windows.column)
     # the time column orders duplicated keys inside the join; nothing downstream reads it yet
     ts = cols.online.ts if cols.online.ts is not None and src_on.has(cols.online.ts) else None
     carried = [c for c in dict.fromkeys(carried) if c not in keys]

@@ -34,6 +34,7 @@ a million by 2**-32.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -84,6 +85,54 @@ DQ_FLAGS = (
 
 #: Canonical batch columns the accumulator reads (the join stage renames to these).
 SCORE, OFFLINE_SCORE, LABEL, VALUE, KEY_NULL = "score", "offline_score", "label", "value", "__key_null"
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Time windows ``[origin + k width, origin + (k + 1) width)`` (seconds since the Unix
+    epoch, UTC), ``k < count``; one more block holds rows without a time."""
+
+    column: str
+    origin: int
+    width: int
+    count: int
+    #: The latest time seen (seconds): "now" for the label horizon (not part of the key).
+    latest: float = 0.0
+
+    @property
+    def blocks(self) -> int:
+        return self.count + 1
+
+    def key(self) -> str:
+        return f"windows:{self.column}:{self.origin}:{self.width}:{self.count}"
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        return self.origin + k * self.width, self.origin + (k + 1) * self.width
+
+    def index(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Each row's window (``count`` for a missing or out-of-range time)."""
+        seconds = epoch_seconds(column)
+        with np.errstate(invalid="ignore"):
+            k = np.floor((seconds - self.origin) / self.width)
+        ok = np.isfinite(k) & (k >= 0) & (k < self.count)
+        return np.where(ok, k, self.count).astype(np.int64)
+
+
+def epoch_seconds(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A time column as float seconds since the Unix epoch (NaN for null): a timestamp of
+    any unit (naive ones read as UTC), or a number of seconds."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_timestamp(column.type):
+        unit = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[column.type.unit]
+        raw = column.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        values = np.asarray(raw, dtype=np.float64) * unit
+        if column.null_count:
+            values[column.is_null().to_numpy(zero_copy_only=False)] = np.nan
+        return values
+    if pa.types.is_date(column.type):
+        return epoch_seconds(column.cast(pa.timestamp("s")))
+    return _to_float(column).astype(np.float64)
 
 
 def _virtual_name(dim: tuple[str, ...]) -> str:
@@ -222,14 +271,31 @@ class Accumulator:
         Whether batches carry an ``offline_score`` column (online ⟕ offline).
     with_value : bool
         Whether batches carry a ``value`` column.
+    windows : WindowSpec, optional
+        Also accumulate the judged slices per time window (``win/<grid>`` statistics, with a
+        window axis: :meth:`window_statistics` reads one window back).
     """
 
-    def __init__(self, layout: Layout, kernels, *, paired: bool = False, with_value: bool = False) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        kernels,
+        *,
+        paired: bool = False,
+        with_value: bool = False,
+        windows: "WindowSpec | None" = None,
+    ) -> None:
         self.layout = layout
         self.kernels = kernels
         self.paired = paired
         self.with_value = with_value
-        self.layout_id = layout.fingerprint()
+        self.windows = windows
+        self.layout_id = layout.fingerprint() + ("" if windows is None else f"|{windows.key()}")
+        # per window, the judged slices only (the atoms serve the whole period's localisation)
+        self._per_window = (
+            None if windows is None
+            else Accumulator(dataclasses.replace(layout, atoms=()), kernels, paired=paired, with_value=with_value)
+        )
         self._dims = layout.stat_dims  # the judged dimensions, then the atoms
         # the fused kernels cross at most two columns in a dimension; a wider one (the atoms)
         # travels as one more, virtual, column whose index is the row's code in it
@@ -286,9 +352,23 @@ class Accumulator:
     def dq_flags(self) -> tuple[str, ...]:
         return self._dq_flags
 
+    def _all_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = self._shapes()
+        if self._per_window is not None:
+            for name, shape in self._per_window._shapes().items():
+                shapes["win/" + name] = (shape[0], self.windows.blocks) + shape[1:]
+        return shapes
+
+    def window_statistics(self, stats: Statistics, w: int) -> Statistics:
+        """The statistics of window ``w`` (judged slices; ``w == windows.count``: rows without
+        a time), in the per-window layout (the layout without atoms)."""
+        inner = self._per_window
+        raw = {k[4:]: v[:, w] for k, v in stats.raw.items() if k.startswith("win/")}
+        return Statistics(inner.layout_id, inner._n_raw, inner._whole_from, raw, int(raw["dq"][0, : inner._whole_from, 0].sum()))
+
     def zero(self) -> Statistics:
         """The identity of :meth:`Statistics.merge`."""
-        raw = {k: np.zeros(s, dtype=np.int64) for k, s in self._shapes().items()}
+        raw = {k: np.zeros(s, dtype=np.int64) for k, s in self._all_shapes().items()}
         return Statistics(self.layout_id, self._n_raw, self._whole_from, raw, 0)
 
     # ------------------------------------------------------------------ one batch
@@ -318,8 +398,28 @@ class Accumulator:
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
         if getattr(self.kernels, "fused", False):
-            return self._batch_fused(batch)
-        return self._batch_primitives(batch)
+            stats = self._batch_fused(batch)
+        else:
+            stats = self._batch_primitives(batch)
+        if self._per_window is not None:
+            self._add_windows(stats, batch)
+        return stats
+
+    def _add_windows(self, stats: Statistics, batch: pa.RecordBatch) -> None:
+        """Accumulate the batch's rows window by window into ``win/`` statistics."""
+        spec, inner = self.windows, self._per_window
+        w = spec.index(batch.column(spec.column))
+        counts = np.bincount(w, minlength=spec.blocks)
+        order = np.argsort(w, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for name, shape in inner._shapes().items():
+            stats.raw["win/" + name] = np.zeros((shape[0], spec.blocks) + shape[1:], dtype=np.int64)
+        for b in np.nonzero(counts)[0]:
+            rows = order[starts[b] : starts[b + 1]]
+            part = batch if rows.size == batch.num_rows else batch.take(pa.array(rows))
+            sub = inner._batch_fused(part) if getattr(self.kernels, "fused", False) else inner._batch_primitives(part)
+            for name, arr in sub.raw.items():
+                stats.raw["win/" + name][:, b] = arr
 
     def _batch_primitives(self, batch: pa.RecordBatch) -> Statistics:
         """Through the backend's primitives (bin_index, histogram): any backend."""

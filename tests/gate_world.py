@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 COUNTRIES = [f"C{i:02d}" for i in range(16)]
+#: 2026-11-01T00:00:00Z, the first day of a world with ``days``.
+EPOCH = 1_793_491_200
 #: Unequal shares: geometric, the largest 25%, the smallest ~0.3%.
 COUNTRY_SHARES = np.array([0.75**i for i in range(16)])
 COUNTRY_SHARES = COUNTRY_SHARES / COUNTRY_SHARES.sum()
@@ -40,10 +42,13 @@ def draw(
     base_rate: float = 0.14,
     id_offset: int = 0,
     calibration_shift: dict[str, float] | None = None,
+    days: int | None = None,
+    from_day: int = 0,
 ) -> dict[str, np.ndarray]:
     """``n`` rows: columns as numpy arrays (``label`` drawn from the calibrated score, plus
     ``calibration_shift[country]`` in that country: outcomes more often positive than the
-    model says)."""
+    model says). ``days``: rows get a ``ts`` spread evenly over that many days from
+    2026-11-01 (UTC), and the shift applies from day ``from_day`` on."""
     rng = np.random.default_rng(seed)
     country = rng.choice(len(COUNTRIES), size=n, p=COUNTRY_SHARES)
     device = rng.choice(len(DEVICES), size=n, p=DEVICE_SHARES)
@@ -59,12 +64,15 @@ def draw(
     )
     score = 1 / (1 + np.exp(-logit))
     p_true = score.copy()
+    day = np.zeros(n, dtype=np.int64)
+    if days:
+        day = rng.integers(0, days, n)
     if calibration_shift:
         for name, shift in calibration_shift.items():
-            here = country == COUNTRIES.index(name)
+            here = (country == COUNTRIES.index(name)) & (day >= from_day)
             p_true[here] = np.clip(p_true[here] + shift, 0, 1)
     label = (rng.random(n) < p_true).astype(np.int8)
-    return {
+    out = {
         "request_id": np.arange(id_offset, id_offset + n, dtype=np.int64),
         "country": np.array(COUNTRIES, dtype=object)[country],
         "device": np.array(DEVICES, dtype=object)[device],
@@ -73,7 +81,12 @@ def draw(
         "f_channel": np.array(CHANNELS, dtype=object)[channel],
         "score": score,
         "label": label,
+        "day": day,
     }
+    if days:
+        seconds = EPOCH + day * 86400 + rng.integers(0, 86400, n)
+        out["ts"] = seconds.astype("datetime64[s]")
+    return out
 
 
 def world(
@@ -85,6 +98,7 @@ def world(
     label_missing: float = 0.0,
     **kw,
 ) -> World:
+    # (``days``/``from_day`` pass to :func:`draw`; ``skew`` follows ``from_day`` too)
     """A baseline table and online, replay and outcome tables of ``online_rows`` rows.
 
     ``skew[country]``: the served score of that country's rows is raised by that much (a
@@ -94,15 +108,17 @@ def world(
     ev = draw(eval_rows or online_rows, seed * 2 + 1, id_offset=10**9)
     on = draw(online_rows, seed * 2 + 2, **kw)
     cols = ["request_id", "country", "device", "f_amount", "f_age", "f_channel", "score"]
+    if "ts" in on:
+        cols.append("ts")
     served = on["score"].copy()
     for name, shift in (skew or {}).items():
-        here = on["country"] == name
+        here = (on["country"] == name) & (on["day"] >= kw.get("from_day", 0))
         served[here] = np.clip(served[here] + shift, 0, 1)
     keep = np.random.default_rng(seed + 99).random(online_rows) >= label_missing
     online = {k: on[k] for k in cols}
     online["score"] = served
     return World(
-        evaluation=pa.table({k: ev[k] for k in cols[1:] + ["label"]}),
+        evaluation=pa.table({k: ev[k] for k in cols[1:] + ["label"] if k != "ts"}),
         online=pa.table(online),
         offline=pa.table({"request_id": on["request_id"], "score": on["score"]}),
         outcomes=pa.table({"request_id": on["request_id"][keep], "label": on["label"][keep]}),
