@@ -38,12 +38,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from engine import _cache
 from engine.encode import Layout
 from engine.errors import ConfigError, SchemaError
 from engine.io import TableSource, open_table
 from engine.join import JoinReport, JoinSpec, JoinedStream
 from engine.stats import KEY_NULL, Accumulator, Statistics
 from kernels import get_kernels
+
+_cache.announce_compiles()
 
 __all__ = [
     "BucketJob",
