@@ -124,7 +124,7 @@ class Partial:
         a, b = self.report, other.report
         for name in (
             "online_rows", "offline_rows", "outcome_rows", "matched_offline",
-            "matched_outcomes", "offline_without_online", "null_keys",
+            "matched_outcomes", "offline_without_online", "null_keys", "conflicting_labels",
         ):
             setattr(a, name, getattr(a, name) + getattr(b, name))
         for side, n in b.duplicate_keys.items():
