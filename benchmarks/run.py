@@ -49,7 +49,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-PEERS = {"nannyml": ["nannyml==0.13.1", "statsmodels"], "evidently": ["evidently==0.7.23"]}
+PEERS = {"nannyml": ["nannyml==0.13.1", "statsmodels"], "evidently": ["evidently==0.7.23", "pandas<3"]}
 QUIET = {"DO_NOT_TRACK": "1", "EVIDENTLY_DISABLE_TELEMETRY": "1", "NML_DISABLE_USAGE_LOGGING": "1"}
 ALL_TOOLS = ("parity", "parity-dask", "duckdb", "scan", "numpy", "parity-inline", "by-hand", "nannyml", "evidently")
 
