@@ -7,6 +7,11 @@ Python API; the CLI (``parity``) is a thin layer over them.
 
 __version__ = "0.1.0"
 
+from engine import _cache
+
+# Numba's cache in the per-user cache directory, before anything compiles (see engine._cache).
+_cache.configure()
+
 
 def baseline(data, config=None, **kwargs):
     """Build a baseline; see :func:`engine.expectation.build_baseline`."""

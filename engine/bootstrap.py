@@ -49,10 +49,13 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
+from engine import _cache
 from engine import measure as ME
 from engine.encode import Layout, stable_key
 from engine.metrics import aggregate_bins
 from engine.measure import Grids, MetricKey
+
+_cache.announce_compiles()
 
 ROLE_BASELINE = 0
 ROLE_ONLINE = 1

@@ -34,8 +34,12 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 def _version(value: bool) -> None:
     if value:
-        from engine import __version__
+        try:
+            from engine import __version__
+        except ImportError:  # a broken install shadowing the package: still say what is installed
+            from importlib.metadata import version
 
+            __version__ = version("parity")
         print(f"parity {__version__}")
         raise typer.Exit(EXIT_OK)
 

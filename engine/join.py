@@ -33,8 +33,12 @@ total order over the row's values (never by its position):
   online score, then the smallest values of the remaining carried columns in output order;
   nulls sort last everywhere. Rows equal in every carried column are interchangeable.
 - **offline**: the smallest offline score (null last).
-- **outcomes**: the latest ``outcome_ts`` (when given), then the largest label (a positive
-  wins), then the largest value; nulls last.
+- **outcomes**: the latest ``outcome_ts`` (when given), then the largest label, then the
+  largest value; nulls last. But a key whose rows disagree on the label (two different
+  non-null labels among its rows, or among its rows of the latest ``outcome_ts`` when that is
+  given: a later label is a correction, not a conflict) is not resolved: its label is null,
+  i.e. missing (the row is matched but takes no part in label-based metrics), and the key is
+  counted in ``JoinReport.conflicting_labels``.
 
 Online rows whose key has a null component are all kept (they still count for drift), are
 never duplicates, never match, and are counted in ``JoinReport.null_keys``. Offline and
@@ -156,6 +160,10 @@ class JoinReport:
         ``{"online", "offline", "outcomes"}``: rows beyond the first per (non-null) key.
     null_keys : int
         Online rows whose key has a null component.
+    conflicting_labels : int
+        Outcome keys (non-null) whose rows disagree on the label (see the module docstring):
+        their label is treated as missing, never resolved. Counted over the outcomes table,
+        like ``duplicate_keys["outcomes"]``, whether or not an online row matched the key.
     offline_join, outcome_join : str
         ``"aligned" | "hash" | "in_place" | "none"`` (outcomes: no ``"aligned"``).
     complete : bool
@@ -173,6 +181,7 @@ class JoinReport:
         default_factory=lambda: {"online": 0, "offline": 0, "outcomes": 0}
     )
     null_keys: int = 0
+    conflicting_labels: int = 0
     offline_join: str = "none"
     outcome_join: str = "none"
     complete: bool = False
@@ -198,6 +207,7 @@ class JoinReport:
             "offline_without_online": self.offline_without_online,
             "duplicate_keys": dict(self.duplicate_keys),
             "null_keys": self.null_keys,
+            "conflicting_labels": self.conflicting_labels,
         }
         if include_paths:
             d["offline_join"] = self.offline_join
@@ -562,7 +572,8 @@ class JoinedStream:
                     self._key_stats(con, "off_src", "__dup_off", "offline")
             if self.outcomes is not None:
                 report.outcome_rows = self.outcomes.count_rows()
-                self._key_stats(con, "oc_src", "__dup_oc", "outcomes")
+                if self._key_stats(con, "oc_src", "__dup_oc", "outcomes"):
+                    self._label_conflicts(con)
 
             needs_sql = dup_on > 0 or report.offline_join == "hash" or report.outcome_join == "hash"
             if not needs_sql:
@@ -649,6 +660,32 @@ class JoinedStream:
         if side == "online":
             self.report.null_keys = int(nulls)
         return int(dup)
+
+    def _label_conflicts(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Keys of duplicated outcome rows that disagree on the label, into ``__conf_oc``.
+
+        Only the duplicated keys (``__dup_oc``, from :meth:`_key_stats`) are read again. With
+        ``outcome_ts``, only the rows of a key's latest time are compared (``IS NOT DISTINCT
+        FROM``: when every time is null, all the key's rows are).
+        """
+        keys = ", ".join(_q(k) for k in self.keys)
+        skeys = ", ".join(f"s.{_q(k)}" for k in self.keys)
+        label = f"CAST(s.{_q(self.spec.label)} AS DOUBLE)"
+        eq = _key_eq(self.keys, "d", "s")
+        rows = f"SELECT {skeys}, {label} AS __l"
+        if self.spec.outcome_ts is not None:
+            ts = f"s.{_q(self.spec.outcome_ts)}"
+            rows += f", {ts} IS NOT DISTINCT FROM max({ts}) OVER (PARTITION BY {skeys}) AS __latest"
+        else:
+            rows += ", TRUE AS __latest"
+        rows += f" FROM oc_src s WHERE EXISTS (SELECT 1 FROM __dup_oc d WHERE {eq} AND NOT d.__null)"
+        self._exec(
+            con,
+            f"CREATE OR REPLACE TEMP TABLE __conf_oc AS SELECT {keys} FROM ({rows}) "
+            f"WHERE __latest GROUP BY ALL HAVING min(__l) <> max(__l)",
+        )
+        ((n,),) = con.sql("SELECT count(*) FROM __conf_oc").fetchall()
+        self.report.conflicting_labels = int(n)
 
     def _prove_aligned(self, dup_on: int) -> bool:
         """Whether offline holds online's keys in online's order (a key-only scan)."""
@@ -839,9 +876,19 @@ class JoinedStream:
         if spec.value is not None:
             order.append(_q(spec.value))
         order_sql = ", ".join(f"{c} DESC NULLS LAST" for c in order)
-        return (
+        ranked = (
             f"SELECT {keys}, {sel} FROM oc_src WHERE {where} "
             f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order_sql}) = 1"
+        )
+        if not self.report.conflicting_labels:
+            return ranked
+        # keys whose rows disagree on the label: the label is missing, not resolved
+        eq = _key_eq(self.keys, "x", "r")
+        rest = [c.rsplit(" AS ", 1)[1] for c in cols[1:]]
+        return (
+            f"SELECT {', '.join('r.' + _q(k) for k in self.keys)}, CASE WHEN EXISTS "
+            f"(SELECT 1 FROM __conf_oc x WHERE {eq}) THEN NULL ELSE r.__label END AS __label, "
+            f"{', '.join('r.' + c for c in rest)} FROM ({ranked}) r"
         )
 
     def _exec(self, con: duckdb.DuckDBPyConnection, sql: str) -> None:

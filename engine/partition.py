@@ -38,12 +38,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from engine import _cache
 from engine.encode import Layout
 from engine.errors import ConfigError, SchemaError
 from engine.io import TableSource, open_table
 from engine.join import JoinReport, JoinSpec, JoinedStream
 from engine.stats import KEY_NULL, Accumulator, Statistics, WindowSpec
 from kernels import get_kernels
+
+_cache.announce_compiles()
 
 __all__ = [
     "BucketJob",
@@ -121,7 +124,7 @@ class Partial:
         a, b = self.report, other.report
         for name in (
             "online_rows", "offline_rows", "outcome_rows", "matched_offline",
-            "matched_outcomes", "offline_without_online", "null_keys",
+            "matched_outcomes", "offline_without_online", "null_keys", "conflicting_labels",
         ):
             setattr(a, name, getattr(a, name) + getattr(b, name))
         for side, n in b.duplicate_keys.items():

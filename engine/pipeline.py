@@ -278,6 +278,7 @@ def run_check(
         "invalid_scores": whole["invalid_score"],
         "invalid_labels": whole["invalid_label"],
         "null_keys": int(report.null_keys),
+        "conflicting_labels": int(report.conflicting_labels),
         "unseen_values": {name.split(":", 1)[1]: v for name, v in whole.items() if name.startswith("unseen:")},
         "invalid_offline_scores": whole["invalid_offline_score"],
         # slices of the baseline with no online row: no findings, one line per column

@@ -53,7 +53,7 @@ from engine.encode import (
 )
 from engine.errors import ConfigError, StatisticsError
 from engine.metrics import aggregate_bins
-from kernels.cpu_fused import column_list, fused_accumulate, log_loss_terms, uniform_lut
+from kernels.cpu_fused import fused_accumulate, log_loss_terms, stack_columns, uniform_lut
 
 #: Fixed-point resolutions (bits after the binary point) of each summed quantity.
 #: Bounded in [0, 1]: 2**-32. Log-loss terms are at most -log(1e-15) = 34.5: 2**-32 keeps
@@ -553,7 +553,7 @@ class Accumulator:
             parts.append((code.astype(np.int32), np.arange(size, dtype=np.int32), np.zeros(size, bool)))
         cols = tuple(cols) + tuple(_virtual_name(d) for d in self._virtual)
         dmax = max([max(len(p[1]), 1) for p in parts], default=1)
-        col_index = column_list([p[0] for p in parts], np.int32)  # separate arrays: no copy
+        col_index = stack_columns([p[0] for p in parts], np.int32, slot="slices")
         col_lut = np.zeros((len(parts), dmax), np.int32)
         col_unseen = np.zeros((len(parts), dmax), bool)
         for a, (_, lut, unseen) in enumerate(parts):
@@ -568,7 +568,7 @@ class Accumulator:
             dim_b = np.array([cols.index(d[1]) if len(d) > 1 else -1 for d in dims], np.int32)
             dim_b_size = np.array([layout.slice_codes[d[1]].size if len(d) > 1 else 1 for d in dims], np.int64)
         else:  # no slice columns: one dimension whose only code is the population
-            col_index = column_list([np.zeros(n, np.int32)])
+            col_index = np.zeros((1, n), np.int32)
             col_lut = np.zeros((1, 1), np.int32)
             col_unseen = np.zeros((1, 1), bool)
             col_null = np.zeros(1, np.int32)
@@ -579,7 +579,7 @@ class Accumulator:
         key_null = _key_null(batch)
         numeric = [(j, f) for j, f in enumerate(layout.features) if f.kind == "numeric"]
         categorical = [(j, f) for j, f in enumerate(layout.features) if f.kind == "categorical"]
-        num_values = column_list([_float_column(batch.column(f.name)) for _, f in numeric])
+        num_values = stack_columns([_float_column(batch.column(f.name)) for _, f in numeric], slot="features")
         cat = [categorical_codes(batch.column(f.name), f.categories) for _, f in categorical]
         cat_codes = np.stack([c[0] for c in cat]) if cat else np.zeros((0, n), np.int32)
         cat_unseen = np.stack([c[1] for c in cat]) if cat else np.zeros((0, n), bool)

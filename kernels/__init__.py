@@ -4,6 +4,7 @@
 imports neither numba.cuda nor CuPy.
 """
 
+import engine  # noqa: F401  (first: sets Numba's cache directory, engine._cache)
 from kernels._api import Kernels
 from kernels._dispatch import get_kernels, gpu_problem
 

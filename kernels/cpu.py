@@ -13,9 +13,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from engine import _cache
 from kernels import _rng
 from kernels.cpu_fused import _key_bin
 
+_cache.announce_compiles()
 _RNG = _rng.build(njit(inline="always", cache=True))
 _cell_base, _draw_hash = _RNG.cell_base, _RNG.draw_hash
 _poisson, _normal, _poisson1 = _RNG.poisson, _RNG.normal, _RNG.poisson1

@@ -25,7 +25,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numba import from_dtype, njit, prange, typed, types
+from numba import njit, prange
+
+from engine import _cache
+
+_cache.announce_compiles()
 
 _TOP = np.uint64(1) << np.uint64(63)
 
@@ -173,7 +177,7 @@ def _accumulate_range(
     row_start,
     row_end,
     # slices: per slice column, the row's dictionary index (-1 null) and index -> code table
-    col_index,  # C arrays (n,) int32: a typed List (or a (C, n) array)
+    col_index,  # (C, n) int32 (see stack_columns)
     col_lut,  # (C, Dmax) int32 dictionary index -> code
     col_unseen,  # (C, Dmax) bool dictionary index -> value unseen in the baseline
     col_null_code,  # (C,) int32
@@ -204,7 +208,7 @@ def _accumulate_range(
     dlut,
     dsteps,
     # features
-    num_values,  # Jn arrays (n,) float: a typed List (or a (Jn, n) array)
+    num_values,  # (Jn, n) float32 or float64 (see stack_columns)
     num_edges,  # (Jn, Emax) float64 (padded)
     num_n_edges,  # (Jn,) int64
     num_lut,  # (Jn, L) int32 value lookup tables (see uniform_lut)
@@ -268,8 +272,7 @@ def _accumulate_range(
     off_one = np.int64(1) << 32
     for c0 in range(row_start, row_end, _CHUNK):
         c1 = min(c0 + _CHUNK, row_end)
-        # the chunk's dictionary indices side by side (the columns come as separate arrays:
-        # stacking them would copy every batch)
+        # the chunk's dictionary indices side by side
         for a in range(C):
             column = col_index[a]
             for k in range(c1 - c0):
@@ -513,23 +516,6 @@ def log_loss_terms(p, state, log_eps):
 
 
 
-def column_list(arrays: list[np.ndarray], dtype: np.dtype | type | None = None) -> typed.List:
-    """Columns as the kernel takes them: a typed List of read-only contiguous 1-D arrays.
-
-    ``dtype`` defaults to the columns' common type (float32 columns stay float32). Columns
-    already of that type are not copied, as stacking them into one 2-D array would.
-    """
-    if dtype is None:
-        dtype = np.result_type(*[a.dtype for a in arrays]) if arrays else np.float64
-    dtype = np.dtype(dtype)
-    out = typed.List.empty_list(types.Array(from_dtype(dtype), 1, "C", readonly=True))
-    for a in arrays:
-        a = np.ascontiguousarray(a, dtype=dtype).view()
-        a.flags.writeable = False
-        out.append(a)
-    return out
-
-
 _POOL: ThreadPoolExecutor | None = None
 _MAX_RANGE_ROWS = 1 << 30
 #: Below this many rows in all, the threads' packed fine cells can be summed before they are
@@ -555,6 +541,38 @@ def _work_spaces(n_ranges: int, size: int) -> list[np.ndarray]:
         kept.append(np.empty(size, np.int64))
     _LOCAL.work = kept
     return kept[:n_ranges]
+
+
+def stack_columns(arrays: list[np.ndarray], dtype: np.dtype | type | None = None, *, slot: str = "") -> np.ndarray:
+    """Columns as the kernel takes them: one read-only C-contiguous ``(len(arrays), n)`` array.
+
+    ``dtype`` defaults to the columns' common type (float32 columns stay float32). A plain
+    array, not a typed List: Numba caches a function of arrays on disk, while a typed List
+    compiles its own methods in every process (1.3 s of a 300k-row check). The columns are
+    copied into a buffer kept per calling thread and ``slot`` (fresh memory costs a page
+    fault per 4 KiB page on first touch; see :func:`_work_spaces`), so a call's result is
+    valid until the same thread stacks into the same slot again.
+    """
+    if dtype is None:
+        dtype = np.result_type(*[a.dtype for a in arrays]) if arrays else np.float64
+    dtype = np.dtype(dtype)
+    n = int(arrays[0].shape[0]) if arrays else 0
+    size = len(arrays) * n
+    if size * dtype.itemsize > _WORK_BYTES or not slot:
+        out = np.empty((len(arrays), n), dtype)
+    else:
+        kept = getattr(_LOCAL, "stacks", None)
+        if kept is None:
+            kept = _LOCAL.stacks = {}
+        buf = kept.get((slot, dtype))
+        if buf is None or buf.size < size:
+            buf = kept[(slot, dtype)] = np.empty(size, dtype)
+        out = buf[:size].reshape(len(arrays), n)
+    for a, column in enumerate(arrays):
+        out[a] = column
+    out = out.view()
+    out.flags.writeable = False
+    return out
 
 
 def fused_accumulate(n_threads: int, *args):

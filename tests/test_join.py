@@ -112,6 +112,10 @@ def reference(
         by = [c for c in ["ts", "label", "value"] if c in oc]
         o = oc[~null_oc].sort_values(by, ascending=False, na_position="last", kind="stable")
         o = o.drop_duplicates(keys)[keys + by[by.index("label") :]].assign(__has_outcome=True)
+        conflicted = conflicting_keys(oc[~null_oc], keys, "ts" if "ts" in oc else None)
+        rep["conflicting_labels"] = len(conflicted)
+        hit = o[keys].astype(object).apply(tuple, axis=1).isin(conflicted)
+        o["label"] = o["label"].astype("float64").where(~hit.to_numpy(), np.nan)
         ok = ok.merge(o, on=keys, how="left")
         rep["outcome_rows"] = len(oc)
         rep["duplicate_keys"]["outcomes"] = int((~null_oc).sum() - len(o))
@@ -129,6 +133,19 @@ def reference(
     rep["matched_outcomes"] = int(out["__has_outcome"].sum())
     cols = carried + ["score", "offline_score", "label"] + (["value"] if value else [])
     return out[cols + ["__has_offline", "__has_outcome"]], rep
+
+
+def conflicting_keys(oc: pd.DataFrame, keys: list[str], ts: str | None) -> set[tuple]:
+    """Keys (of non-null key rows) whose rows disagree on the label: two different non-null
+    labels among the key's rows, or among its rows of the latest ``ts`` when one is given
+    (all its rows when every ``ts`` is null). Loops over the keys: a direct computation."""
+    out = set()
+    for key, rows in oc.groupby(keys, dropna=False):
+        if ts is not None and rows[ts].notna().any():
+            rows = rows[rows[ts] == rows[ts].max()]
+        if rows["label"].dropna().nunique() > 1:
+            out.add(tuple(key))
+    return out
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:
@@ -451,6 +468,7 @@ def test_report_fills_while_consumed_and_reiteration_is_identical() -> None:
         "offline_without_online",
         "duplicate_keys",
         "null_keys",
+        "conflicting_labels",
     }
     assert set(s.report.to_dict(include_paths=True)) >= {"offline_join", "outcome_join"}
 
@@ -620,3 +638,47 @@ def test_out_of_memory_is_a_join_error_that_says_what_to_do() -> None:
     )
     with pytest.raises(JoinError, match="ran out of memory.*duckdb_memory_limit.*--checkpoint"):
         stream.read_all()
+
+
+# ------------------------------------------------------------------------------ conflicting labels
+
+
+def test_conflicting_duplicate_labels_are_counted_and_missing() -> None:
+    """A key whose outcome rows disagree on the label is counted and its label is missing
+    (never resolved to 1); agreeing duplicates and a later correction (outcome_ts) are not
+    conflicts; null keys and unmatched keys follow the table-wide count."""
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    h = pd.Timedelta(hours=1)
+    on = pd.DataFrame({"request_id": [1, 2, 3, 4, 5, 6], "score": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    oc = pd.DataFrame(
+        {
+            #             conflict   agree   corrected  tie at latest  no ts    unmatched   null key
+            "request_id": [1, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5, 5, 6, 9, 9, None, None],
+            "label": [0, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, None, 0, 0, 1, 0, 1],
+            "ts": [t, t, t, t, t, t, t + h, t, t + h, t + h, None, None, t, t, t, t, t],
+        }
+    )
+    oc["request_id"] = oc["request_id"].astype("Int64")
+    oc["label"] = oc["label"].astype("Int64")
+    oc["ts"] = oc["ts"].astype("datetime64[us, UTC]")
+
+    def run(spec: JoinSpec, table: pd.DataFrame) -> tuple[dict[int, Any], JoinReport]:
+        s = JoinedStream(open_table(on, "online"), None, open_table(table, "outcomes"), spec)
+        got = s.read_all().to_pydict()
+        return dict(zip(got["request_id"], got["label"])), s.report
+
+    # with outcome_ts: 4's rows at its latest time disagree (0 earlier is a correction)
+    labels, rep = run(JoinSpec(outcome_ts="ts"), oc)
+    assert rep.conflicting_labels == 3  # keys 1, 4 and 9 (unmatched, still counted)
+    assert labels == {1: None, 2: 1.0, 3: 1.0, 4: None, 5: 1.0, 6: 0.0}
+    assert rep.matched_outcomes == 6 and rep.duplicate_keys["outcomes"] == 8
+    assert rep.to_dict()["conflicting_labels"] == 3
+
+    # without a time column every row of a key counts: 3's correction is a conflict too
+    labels, rep = run(JoinSpec(), oc.drop(columns="ts"))
+    assert rep.conflicting_labels == 4
+    assert labels == {1: None, 2: 1.0, 3: None, 4: None, 5: 1.0, 6: 0.0}
+
+    # no duplicates: nothing to resolve, nothing counted
+    labels, rep = run(JoinSpec(), oc.drop(columns="ts").drop_duplicates("request_id"))
+    assert rep.conflicting_labels == 0 and labels[1] == 0.0
