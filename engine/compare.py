@@ -400,6 +400,8 @@ class Judge:
     def _undefined_reason(self, t: _Test, ev: Evidence, scores: str | None) -> str:
         if scores is not None:
             neg, pos = ev.events[scores]
+            if neg[t.s] + pos[t.s] == 0:
+                return "undefined: no row of the slice has an outcome (yet)"
             if t.key[0] == "auc" and min(neg[t.s], pos[t.s]) == 0:
                 return "undefined: the slice has only one class of outcome"
             if t.n == 0:

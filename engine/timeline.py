@@ -116,7 +116,7 @@ def judge_windows(acc: Accumulator, stats: Statistics, spec: WindowSpec, baselin
         for f in judge.findings(ev):
             f.window = label
             f.id = finding_id(f.metric, f.scores, f.slice, f.window, f.feature, f.threshold)
-            if young and label_based(f.metric) and f.status != "insufficient_data":
+            if young and label_based(f.metric):
                 f.status, f.cause, f.p_value, f.ci = "insufficient_data", None, None, None
                 f.reason = (
                     f"the window ends within the label horizon ({cfg.label_horizon}) of the latest time "
