@@ -18,6 +18,7 @@ So the hot path is ``codes = k.bin_index(scores_on_device, edges)`` followed by
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -181,6 +182,11 @@ class CudaKernels:
         self._index_cache: dict[bytes, Any] = {}
         #: The section plan of the last :meth:`fused_accumulate` (``_fused.plan_sections``).
         self.last_fused_plan: np.ndarray | None = None
+        #: Set to a dict to time :meth:`fused_accumulate` by phase (seconds, summed over
+        #: calls: ``prepare`` on the host, ``upload``, ``kernel``, ``download``) and count
+        #: the bytes of per-row columns the kernel reads (``row_bytes``). Each phase is then
+        #: synchronised, so only benchmarks set it.
+        self.profile: dict[str, float] | None = None
 
     def __repr__(self) -> str:
         return f"CudaKernels(blocks={self.blocks}, threads={self.threads})"
@@ -488,6 +494,18 @@ class CudaKernels:
         plan, staged, dyn_bytes = self.fused_plan(sizes, F - 1)
         self.last_fused_plan = plan
         flat = np.zeros(int(plan[2].sum()), np.int64)
+        prof = self.profile
+        clock = time.perf_counter() if prof is not None else 0.0
+
+        def lap(phase: str, stream: Any = None) -> None:
+            nonlocal clock
+            if prof is not None:
+                if stream is not None:
+                    stream.synchronize()
+                now = time.perf_counter()
+                prof[phase] = prof.get(phase, 0.0) + now - clock
+                clock = now
+
         if n:
             # log-loss terms on the host, by the function the CPU path agrees with (see
             # kernels.cuda._fused); label state as the kernels define it
@@ -496,7 +514,14 @@ class CudaKernels:
             ll_on = log_loss_terms(np.asarray(score, dtype=np.float64), state, float(log_eps))
             ll_off = log_loss_terms(np.asarray(offline, dtype=np.float64), state, float(log_eps)) if paired else ll_on
             stream = cuda.stream()
-            up = lambda x, dtype=None: to_device(x, dtype, stream=stream)  # noqa: E731
+            lap("prepare")
+            uploaded: list[int] = []
+
+            def up(x: Any, dtype: Any = None) -> Any:
+                d = to_device(x, dtype, stream=stream)
+                uploaded.append(d.nbytes)
+                return d
+
             d_out = up(flat)
             value_d = up(value, np.float64) if with_value else self._const(np.zeros(1), np.float64)
             args_d = (
@@ -541,10 +566,16 @@ class CudaKernels:
                 int(sum(plan[2, s] for s in range(plan.shape[1]) if plan[1, s] >= 0)),
                 d_out,
             )
+            lap("upload", stream)
             blocks, threads = self._grid(n)
             launch(_kernels.fused_accumulate_kernel, (blocks, threads, stream, dyn_bytes), 0, n, *args_d)
+            lap("kernel", stream)
             d_out.copy_to_host(flat, stream=stream)
             stream.synchronize()
+            lap("download")
+            if prof is not None:
+                prof["row_bytes"] = prof.get("row_bytes", 0) + sum(uploaded) - d_out.nbytes
+                prof["rows"] = prof.get("rows", 0) + n
         return _fused.unpack(flat, plan, n_raw, F, NC, TT, DB, n_features, feature_bins, n_dq)
 
     # ----------------------------------------------------------------- draws
