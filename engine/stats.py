@@ -322,7 +322,8 @@ class Accumulator:
         return self._batch_primitives(batch)
 
     def _batch_primitives(self, batch: pa.RecordBatch) -> Statistics:
-        """Through the backend's primitives (bin_index, histogram): any backend."""
+        """Through the primitives (bin_index, histogram) and numpy: the slow reference path
+        the fused kernels of both backends are tested against (``CpuKernels(fused=False)``)."""
         k = self.kernels
         n = batch.num_rows
         shapes = self._shapes()

@@ -1,8 +1,8 @@
 """The same inputs and seed give the same result on every backend.
 
 The CUDA path runs here under Numba's CUDA simulator (tests/conftest.py), through the
-primitive kernels (bin_index, histogram, draws); the CPU path through the fused one-pass
-kernel. Statistics must be bit-identical and the findings identical.
+fused CUDA kernel (``kernels.cuda._fused``) and the draw kernels; the CPU path through the
+fused one-pass Numba kernel. Statistics must be bit-identical and the findings identical.
 """
 
 from __future__ import annotations

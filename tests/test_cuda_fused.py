@@ -153,3 +153,16 @@ def test_launch_refuses_host_arrays():
     _launch.launch(_kernels.probe_kernel, (1, 4), out)
     with pytest.raises(TypeError, match="host array"):
         _launch.launch(_kernels.probe_kernel, (1, 4), np.zeros(4, np.int64))
+
+
+def test_label_codes():
+    y = np.array([0.0, 1.0, np.nan, 2.0, -1.0, 1.0])
+    assert _launch.label_codes(y).tolist() == [0, 1, 2, 3, 3, 1]
+
+
+def test_rows_to_device_copies_each_column_into_its_row():
+    cols = [np.arange(5, dtype=np.float32), np.arange(10, dtype=np.float32)[::2]]
+    got = _launch.rows_to_device(cols, 5).copy_to_host()
+    assert got.dtype == np.float32 and np.array_equal(got, np.stack(cols))
+    with pytest.raises(ValueError, match="5 rows"):
+        _launch.rows_to_device([np.arange(4)], 5)

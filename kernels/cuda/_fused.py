@@ -18,7 +18,6 @@ Two things differ from the CPU kernel, neither in the results:
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -46,16 +45,6 @@ def _pattern_matrix() -> np.ndarray:
 
 
 PATTERN_FLAGS = _pattern_matrix()
-
-
-def rows_2d(x: Any, n: int, dtype: np.dtype | type) -> np.ndarray:
-    """``(R, n)`` host array from a 2-d array or a list (typed or not) of 1-d columns."""
-    if isinstance(x, np.ndarray):
-        return x.reshape(-1, n) if x.ndim == 2 or x.size == 0 else x.reshape(1, n)
-    cols = list(x)
-    if not cols:
-        return np.zeros((0, n), dtype=dtype)
-    return np.stack([np.asarray(c) for c in cols])  # one fresh contiguous array
 
 
 def plan_sections(sizes: list[int], budget_cells: int) -> np.ndarray:

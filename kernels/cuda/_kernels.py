@@ -291,7 +291,7 @@ def fused_accumulate_kernel(
     score,  # (n,) float32/float64
     offline,  # (n,) float (read only when paired)
     paired,
-    label,  # (n,) float64, NaN: missing
+    label_code,  # (n,) int8: 0 negative, 1 positive, 2 missing, 3 present but invalid
     key_null,  # (n,) bool
     ll_on,  # (n,) float64 log-loss term of the online score (computed on the host)
     ll_off,  # (n,) float64 the same for the replay (read only when paired)
@@ -354,13 +354,9 @@ def fused_accumulate_kernel(
     FB = plan[2, SEC_FEAT] // n_raw  # n_features * feature_bins cells per slice
     for i in range(row_start + cuda.grid(1), row_end, cuda.gridsize(1)):
         # ---- label state
-        y = label[i]
-        state = 2
-        if y == 1.0:
-            state = 1
-        elif y == 0.0:
-            state = 0
-        invalid_label = (y == y) and state == 2
+        code = label_code[i]
+        state = min(np.int64(code), 2)
+        invalid_label = code == 3
         # ---- online score: fine bin (searchsorted right), fixed-point terms
         s = np.float64(score[i])
         valid = s >= 0.0 and s <= 1.0

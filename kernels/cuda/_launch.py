@@ -27,7 +27,6 @@ from numba.core import config
 
 from kernels import _rng
 from kernels.cuda import _fused, _kernels
-from kernels.cuda._fused import rows_2d
 
 ArrayLike = Any
 
@@ -109,6 +108,45 @@ def _as_device(x: ArrayLike, dtype: np.dtype | type, what: str) -> Any:
             f"Got a device array of dtype {np.dtype(arr.dtype).name} instead."
         )
     return arr
+
+
+def rows_to_device(columns: Any, n: int, dtype: Any = None, stream: Any = 0) -> Any:
+    """``(R, n)`` device array from R host columns of length ``n`` (a list, a typed List,
+    or a 2-d array), one explicit copy per column into its row: no stacked copy on the host.
+
+    ``dtype`` defaults to the columns' common type (float32 columns stay float32).
+    """
+    if isinstance(columns, np.ndarray) and columns.ndim == 2:
+        return to_device(columns, dtype, stream=stream)
+    cols = [np.asarray(c) for c in columns]
+    if dtype is None:
+        dtype = np.result_type(*[c.dtype for c in cols]) if cols else np.float64
+    out = cuda.device_array((len(cols), n), dtype=dtype, stream=stream)
+    for r, col in enumerate(cols):
+        if col.shape != (n,):
+            raise ValueError(f"Every column must have {n} rows. Got shape {col.shape} instead.")
+        c = col.astype(dtype, copy=False)
+        if not canonical_layout(c):
+            c = np.array(c, order="C", copy=True)
+        out[r].copy_to_device(c, stream=stream)
+    return out
+
+
+def label_codes(label: np.ndarray) -> np.ndarray:
+    """int8 per row: 0 negative, 1 positive, 2 missing, 3 present but not 0 or 1 (the label
+    states of ``engine.stats``, and the invalid-label flag, in one byte instead of eight)."""
+    y = np.asarray(label)
+    code = np.full(y.shape[0], 2, np.int8)
+    code[y == 1.0] = 1
+    code[y == 0.0] = 0
+    code[(code == 2) & ~np.isnan(y)] = 3
+    return code
+
+
+def _float(x: np.ndarray) -> np.ndarray:
+    """float32 and float64 columns as they are, anything else as float64."""
+    x = np.asarray(x)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 class CudaKernels:
@@ -509,23 +547,27 @@ class CudaKernels:
         if n:
             # log-loss terms on the host, by the function the CPU path agrees with (see
             # kernels.cuda._fused); label state as the kernels define it
-            label64 = np.asarray(label, dtype=np.float64)
-            state = np.where(label64 == 1.0, 1, np.where(label64 == 0.0, 0, 2)).astype(np.int64)
-            ll_on = log_loss_terms(np.asarray(score, dtype=np.float64), state, float(log_eps))
-            ll_off = log_loss_terms(np.asarray(offline, dtype=np.float64), state, float(log_eps)) if paired else ll_on
+            # (float32 scores go in as they are: the function widens them exactly, as the
+            # CPU kernel does)
+            label_code = label_codes(label)
+            ll_on = log_loss_terms(_float(score), label_code, float(log_eps))
+            ll_off = log_loss_terms(_float(offline), label_code, float(log_eps)) if paired else ll_on
             stream = cuda.stream()
             lap("prepare")
             uploaded: list[int] = []
 
             def up(x: Any, dtype: Any = None) -> Any:
-                d = to_device(x, dtype, stream=stream)
+                if not isinstance(x, np.ndarray):  # a list of columns: one device row each
+                    d = rows_to_device(x, n, dtype, stream)
+                else:
+                    d = to_device(x, dtype, stream=stream)
                 uploaded.append(d.nbytes)
                 return d
 
             d_out = up(flat)
             value_d = up(value, np.float64) if with_value else self._const(np.zeros(1), np.float64)
             args_d = (
-                up(rows_2d(col_index, n, np.int32), np.int32),
+                up(col_index, np.int32),
                 self._const(col_lut, np.int32),
                 self._const(col_unseen, np.bool_),
                 self._const(col_null, np.int32),
@@ -536,7 +578,7 @@ class CudaKernels:
                 up(score),
                 up(offline) if paired else self._const(np.zeros(1), np.float64),
                 paired,
-                up(label64),
+                up(label_code),
                 up(key_null, np.bool_),
                 up(ll_on),
                 up(ll_off) if paired else self._const(np.zeros(1), np.float64),
@@ -545,12 +587,12 @@ class CudaKernels:
                 NC,
                 self._const(thresholds, np.float64) if T else self._const(np.zeros(0), np.float64),
                 self._const(np.asarray(delta_edges)[: DB - 1], np.float64),
-                up(rows_2d(num_values, n, np.float64)),
+                up(num_values),
                 self._const(num_edges, np.float64),
                 self._const(num_n_edges, np.int64),
                 self._const(num_slot, np.int64),
-                up(rows_2d(cat_codes, n, np.int32), np.int32),
-                up(rows_2d(cat_unseen, n, np.bool_), np.bool_),
+                up(cat_codes, np.int32),
+                up(cat_unseen, np.bool_),
                 self._const(cat_slot, np.int64),
                 feature_bins,
                 n_dq,
