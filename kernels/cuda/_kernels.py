@@ -209,6 +209,44 @@ def unit_weights_kernel(base, ids, rep_start, n_reps, thresholds, out):
         out[r, i] = _poisson1(_draw_hash(_cell_base(base, ids[i]), rep_start + r), thresholds)
 
 
+@cuda.jit
+def unit_histogram_kernel(base, ids, cells, rep_start, n_reps, n_cells, thresholds, shared_cells, out):
+    """``out[r, c]`` += the weight of each row in replicate ``rep_start + r`` for each of its
+    cells ``cells[:, i]`` (rows x replicates in one pass; weights as ``unit_weights_kernel``).
+
+    With ``shared_cells`` each block adds into an int64 copy of the ``(n_reps, n_cells)``
+    counts in dynamic shared memory and flushes the non-zero cells with one global atomic
+    each; otherwise rows go to ``out`` with global atomics.
+    """
+    local = cuda.shared.array(0, dtype=int64)
+    tid = cuda.threadIdx.x
+    bdim = cuda.blockDim.x
+    total = n_reps * n_cells
+    if shared_cells:
+        for k in range(tid, total, bdim):
+            local[k] = 0
+    cuda.syncthreads()
+    n_inner = cells.shape[0]
+    for i in range(cuda.grid(1), ids.shape[0], cuda.gridsize(1)):
+        unit = _cell_base(base, ids[i])
+        for r in range(n_reps):
+            w = _poisson1(_draw_hash(unit, rep_start + r), thresholds)
+            if w != 0:
+                for m in range(n_inner):
+                    c = cells[m, i]
+                    if c >= 0:
+                        if shared_cells:
+                            cuda.atomic.add(local, r * n_cells + c, np.int64(w))
+                        else:
+                            cuda.atomic.add(out, (r, c), np.int64(w))
+    cuda.syncthreads()
+    if shared_cells:
+        for k in range(tid, total, bdim):
+            v = local[k]
+            if v != 0:
+                cuda.atomic.add(out, (k // n_cells, k - (k // n_cells) * n_cells), v)
+
+
 # --------------------------------------------------------------------------- probe
 @cuda.jit
 def probe_kernel(out):

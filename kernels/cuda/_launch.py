@@ -700,6 +700,33 @@ class CudaKernels:
         )
         return out
 
+    def unit_histogram(
+        self, seed: int, unit_ids: ArrayLike, cells: ArrayLike, n_cells: int, rep_start: int, n_reps: int
+    ) -> np.ndarray:
+        """Cell counts of the unit-level bootstrap; see ``kernels._api.Kernels.unit_histogram``.
+
+        Rows x replicates in one launch: a thread draws its row's weight in every replicate
+        and adds it to the row's cells, in a per-block shared copy of the counts when
+        ``8 * n_reps * n_cells`` bytes fit in ``shared_bytes``, else with global atomics.
+        Counts are int64 and exact; the result is identical to the CPU's.
+        """
+        ids = self._keys(unit_ids, "unit_ids")
+        cells_d = self._rows(cells, np.int32, "cells")
+        n = ids.shape[0]
+        if cells_d.shape[1] != n:
+            raise ValueError(f"The 'cells' argument must have {n} columns. Got {cells_d.shape[1]} instead.")
+        n_reps, n_cells = max(int(n_reps), 0), int(n_cells)
+        out = to_device(np.zeros((n_reps, n_cells), dtype=np.int64))
+        if n_reps and n and n_cells:
+            shared = 8 * n_reps * n_cells <= self.shared_bytes
+            base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
+            blocks, threads = self._grid(n)
+            launch(
+                _kernels.unit_histogram_kernel, (blocks, threads, 0, 8 * n_reps * n_cells if shared else 0),
+                base, ids, cells_d, int(rep_start), n_reps, n_cells, self._tables()[2], shared, out,
+            )
+        return out.copy_to_host()
+
     def _tables(self) -> tuple[Any, Any, Any]:
         """The generator's tables on the device, copied once: ``_rng.NORMAL_TABLE``,
         ``_rng.POISSON_TABLE`` and ``_rng.POISSON1_THRESHOLDS``."""
