@@ -120,13 +120,25 @@ def _float_parts(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return values, null
 
 
+def _stable_argsort(xp: Any, a: Any) -> Any:
+    """A stable argsort (CuPy's always is, and takes no ``kind``); bools as int8."""
+    if a.dtype == bool:
+        a = a.astype(xp.int8)
+    return xp.argsort(a, kind="stable") if xp is np else xp.argsort(a)
+
+
 def _first_per_key(xp: Any, keys: Any, order_keys: list[Any]) -> tuple[Any, Any, int]:
     """Positions of the first row of each key when rows are sorted by (key, *order_keys).
 
     Returns the sorted unique keys, the row index of each key's first row, and the number of
     rows beyond the first per key.
     """
-    order = xp.lexsort(xp.stack(list(reversed(order_keys)) + [keys])) if order_keys else xp.argsort(keys, kind="stable")
+    # least significant key first, each a stable sort of the order so far (radix style):
+    # no stacking of keys of different types (CuPy's lexsort wants one 2-d array, whose
+    # common type would be float64, which cannot hold every int64 key)
+    order = xp.arange(keys.shape[0])
+    for k in list(reversed(order_keys)) + [keys]:
+        order = order[_stable_argsort(xp, k[order])]
     ks = keys[order]
     first = xp.ones(ks.shape[0], dtype=bool)
     if ks.shape[0] > 1:

@@ -4,6 +4,7 @@ keys on the offline and outcome sides, composite, string and integer keys."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -22,12 +23,21 @@ def _unique_online(on):
     return on[null | ~on.duplicated(KEYS)].reset_index(drop=True)
 
 
+def _xp():
+    """CuPy on a GPU run of the tests (scripts/gpu_check), else numpy standing in."""
+    if os.environ.get("PARITY_REAL_GPU") == "1":
+        import cupy
+
+        return cupy
+    return np
+
+
 def _both(on, off, oc, spec, **kw):
     def sources():
         return [open_table(x, side) if x is not None else None for x, side in ((on, "online"), (off, "offline"), (oc, "outcomes"))]
 
     duck = JoinedStream(*sources(), spec, threads=2, **kw)
-    dev = SortJoinedStream(*sources(), spec, xp=np, **kw)
+    dev = SortJoinedStream(*sources(), spec, xp=_xp(), **kw)
     return duck, duck.read_all(), dev, dev.read_all()
 
 
