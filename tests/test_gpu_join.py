@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+pytest.importorskip("pandas")  # test_join's reference data (not on every GPU image)
+
 from engine.gpu_join import DEVICE_SORT, SortJoinedStream, key_codes
 from engine.io import open_table
 from engine.join import JoinedStream, JoinSpec
