@@ -41,9 +41,16 @@ def main() -> None:
     spec = _join_spec(cfg, layout, src["online"], src["offline"], src["outcomes"])
     timings = {}
 
+    # the join each backend's `parity check` uses: DuckDB on the CPU, the sort join on the GPU
+    join_fn = join
+    if kernels.name == "gpu":
+        from engine.gpu_join import device_join as join_fn
     t = time.perf_counter()
-    batches = [b for b in join(src["online"], src["offline"], src["outcomes"], spec, batch_size=cfg.batch_size)]
+    stream = join_fn(src["online"], src["offline"], src["outcomes"], spec, batch_size=cfg.batch_size)
+    batches = list(stream)
     timings["join_s"] = time.perf_counter() - t
+    print(f"join: {type(stream).__name__}, offline {stream.report.offline_join}, outcomes "
+          f"{stream.report.outcome_join}, fallback {getattr(stream, 'fallback', None)}", flush=True)
 
     acc = Accumulator(layout, kernels, paired=True, with_value=spec.value is not None)
     acc.accumulate(batches[:1])  # JIT warm-up

@@ -211,7 +211,11 @@ def run_check(
         with_value = spec.value is not None and bool(bl.manifest.get("has_value"))
         if not with_value:
             spec.value = None
-        stream = join(
+        # the GPU backend matches rows on the device (engine.gpu_join; cuDF is not used)
+        join_fn = join
+        if kernels.name == "gpu":
+            from engine.gpu_join import device_join as join_fn
+        stream = join_fn(
             src_on, src_off, src_out, spec,
             batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
         )
@@ -262,7 +266,7 @@ def run_check(
         "inputs": inputs,
         "meta": dict(meta or {}),
         "duration_s": round(time.perf_counter() - t0, 3),
-        "joins": {"offline": report.offline_join, "outcomes": report.outcome_join},
+        "joins": {"offline": report.offline_join, "outcomes": report.outcome_join, **_join_engine(stream)},
         "execution": execution,
         "localisation": outcome.localisation,
     }
@@ -524,3 +528,15 @@ def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out, windo
         outcome_ts=outcome_ts,
         online_ts=ts,
     )
+
+
+def _join_engine(stream: Any) -> dict[str, str]:
+    """Which join made the rows, for the run record: DuckDB, or the device's sort-based join
+    (CuPy, or numpy standing in) and why it handed back to DuckDB if it did."""
+    xp = getattr(stream, "xp", None)
+    if xp is None:
+        return {"engine": "duckdb"}
+    fallback = getattr(stream, "fallback", None)
+    if fallback:
+        return {"engine": "duckdb", "device_join_fallback": fallback}
+    return {"engine": f"sort join on the device ({xp.__name__})"}

@@ -422,7 +422,8 @@ class Accumulator:
                 stats.raw["win/" + name][:, b] = arr
 
     def _batch_primitives(self, batch: pa.RecordBatch) -> Statistics:
-        """Through the backend's primitives (bin_index, histogram): any backend."""
+        """Through the primitives (bin_index, histogram) and numpy: the slow reference path
+        the fused kernels of both backends are tested against (``CpuKernels(fused=False)``)."""
         k = self.kernels
         n = batch.num_rows
         shapes = self._shapes()
@@ -538,7 +539,8 @@ class Accumulator:
         return np.asarray(counts).reshape(shape)
 
     def _batch_fused(self, batch: pa.RecordBatch) -> Statistics:
-        """One parallel pass over the rows (CPU): see ``kernels.cpu_fused``."""
+        """One pass over the rows: ``kernels.cpu_fused`` on the CPU, the backend's
+        ``fused_accumulate`` (one CUDA kernel, ``kernels.cuda._fused``) on the GPU."""
         layout, n = self.layout, batch.num_rows
         cols = layout.slice_columns
         parts = [dictionary_parts(batch.column(c), layout.slice_codes[c]) for c in cols]
@@ -589,7 +591,10 @@ class Accumulator:
         per_thread = 2 * self._n_raw * N_LABEL_STATES * self._n_fine * 4
         n_threads = max(1, min(numba.get_num_threads(), -(-n // 65536), THREAD_GRID_BYTES // per_thread))
         value = self._checked_value(batch) if self.with_value else np.zeros(1)
-        score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h, value_h = fused_accumulate(*_canonical(
+        # one accumulation interface: the CPU's kernel or the backend's own (CUDA), same
+        # arguments, same grids bit for bit
+        accumulate = getattr(self.kernels, "fused_accumulate", fused_accumulate)
+        score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h, value_h = accumulate(*_canonical(
             n_threads,
             col_index, col_lut, col_unseen, col_null, dim_a, dim_b, dim_b_size, self._dim_offsets, self._n_raw,
             score, offline, self.paired, label, key_null,

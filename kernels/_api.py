@@ -129,6 +129,28 @@ class Kernels(Protocol):
         """
         ...
 
+    def unit_histogram(
+        self, seed: int, unit_ids: ArrayLike, cells: ArrayLike, n_cells: int, rep_start: int, n_reps: int
+    ) -> np.ndarray:
+        """Cell counts of the unit-level Poisson bootstrap, rows x replicates in one pass.
+
+        ``out[r, c]`` is the sum over rows ``i`` and inner rows ``m`` with ``cells[m, i] == c``
+        of row ``i``'s weight in replicate ``rep_start + r``: exactly what
+        :meth:`unit_weights` gives, without materialising the (n_reps, n) weights.
+
+        Parameters
+        ----------
+        unit_ids : (n,) uint64
+        cells : (M, n) or (n,) int32
+            Flat cell of each row (-1: the row does not count), M cells per row.
+        n_cells : int
+
+        Returns
+        -------
+        (n_reps, n_cells) int64 host array
+        """
+        ...
+
     def unit_weights(
         self, seed: int, unit_ids: ArrayLike, rep_start: int, n_reps: int
     ) -> ArrayLike:

@@ -9,6 +9,8 @@ end (integer addition: the result does not depend on the number of threads).
 
 from __future__ import annotations
 
+import warnings
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -21,6 +23,10 @@ _cache.announce_compiles()
 _RNG = _rng.build(njit(inline="always", cache=True))
 _cell_base, _draw_hash = _RNG.cell_base, _RNG.draw_hash
 _poisson, _normal, _poisson1 = _RNG.poisson, _RNG.normal, _RNG.poisson1
+
+class UnitBootstrapCostWarning(UserWarning):
+    """The unit-level bootstrap runs on the CPU over many rows x replicates."""
+
 
 #: Rows per parallel chunk; a chunk owns a private histogram.
 _CHUNK_ROWS = 1 << 18
@@ -134,6 +140,24 @@ def _unit_weights(base, ids, rep_start, n_reps, thresholds, out):
             out[r, i] = _poisson1(_draw_hash(cb, rep_start + r), thresholds)
 
 
+@njit(parallel=True, cache=True)
+def _unit_histogram(base, ids, cells, rep_start, n_reps, thresholds, out):
+    # one replicate per parallel iteration: each owns its row of ``out``
+    n = ids.shape[0]
+    for r in prange(n_reps):
+        for i in range(n):
+            w = _poisson1(_draw_hash(_cell_base(base, ids[i]), rep_start + r), thresholds)
+            if w:
+                for m in range(cells.shape[0]):
+                    c = cells[m, i]
+                    if c >= 0:
+                        out[r, c] += w
+
+
+#: Row-replicates above which the CPU's unit-level bootstrap warns about its cost.
+UNIT_COST_WARN = 2_000_000_000
+
+
 class CpuKernels:
     """numpy arrays in, numpy arrays out; Numba-compiled loops inside."""
 
@@ -195,6 +219,25 @@ class CpuKernels:
         out = np.empty((n_reps, keys.shape[0]), dtype=np.float64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_NORMAL))
         _normal_cells(base, keys, rep_start, n_reps, _rng.NORMAL_TABLE, out)
+        return out
+
+    def unit_histogram(self, seed, unit_ids, cells, n_cells, rep_start, n_reps):
+        ids = np.ascontiguousarray(unit_ids, dtype=np.uint64)
+        cells = np.ascontiguousarray(np.atleast_2d(cells), dtype=np.int32)
+        if cells.shape[1] != ids.shape[0]:
+            raise ValueError(f"The 'cells' argument must have {ids.shape[0]} columns. Got {cells.shape[1]} instead.")
+        if ids.shape[0] * n_reps > UNIT_COST_WARN:
+            warnings.warn(
+                f"The unit-level bootstrap on the CPU costs rows x replicates = {ids.shape[0] * n_reps:,} "
+                "weight draws (each row is drawn again in every replicate); on a GPU "
+                "(--backend gpu) it runs about a hundred times faster.",
+                UnitBootstrapCostWarning,
+                stacklevel=2,
+            )
+        out = np.zeros((max(n_reps, 0), int(n_cells)), dtype=np.int64)
+        base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
+        if n_reps > 0 and ids.shape[0]:
+            _unit_histogram(base, ids, cells, rep_start, n_reps, _rng.POISSON1_THRESHOLDS, out)
         return out
 
     def unit_weights(self, seed, unit_ids, rep_start, n_reps):

@@ -1,8 +1,8 @@
 """The same inputs and seed give the same result on every backend.
 
 The CUDA path runs here under Numba's CUDA simulator (tests/conftest.py), through the
-primitive kernels (bin_index, histogram, draws); the CPU path through the fused one-pass
-kernel. Statistics must be bit-identical and the findings identical.
+fused CUDA kernel (``kernels.cuda._fused``) and the draw kernels; the CPU path through the
+fused one-pass Numba kernel. Statistics must be bit-identical and the findings identical.
 """
 
 from __future__ import annotations
@@ -58,3 +58,7 @@ def test_cpu_and_gpu_give_identical_statistics_and_findings():
     assert a.run["backend"] == "cpu" and b.run["backend"] == "gpu"
     assert [f.to_dict() for f in a.findings] == [f.to_dict() for f in b.findings]
     assert a.data_quality == b.data_quality
+    # the GPU backend joined on the device (numpy standing in for CuPy here)
+    assert a.run["joins"]["engine"] == "duckdb"
+    assert b.run["joins"]["engine"].startswith("sort join on the device"), b.run["joins"]
+    assert b.run["joins"]["offline"] == b.run["joins"]["outcomes"] == "device_sort"

@@ -18,6 +18,7 @@ So the hot path is ``codes = k.bin_index(scores_on_device, edges)`` followed by
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from numba import cuda
 from numba.core import config
 
 from kernels import _rng
-from kernels.cuda import _kernels
+from kernels.cuda import _fused, _kernels
 
 ArrayLike = Any
 
@@ -46,6 +47,47 @@ def _simulated() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
+def canonical_layout(a: np.ndarray) -> bool:
+    """Whether ``a`` is laid out as a fresh C-contiguous array: every stride, also of axes
+    of length 1, what ``np.empty(a.shape, a.dtype)`` would have.
+
+    numpy calls ``x[None, :]`` C-contiguous although its first stride is 0, and
+    ``np.ascontiguousarray`` returns it unchanged; Numba's ``cuda.to_device`` then copies it
+    through a slow path (10M int32 rows: 16 s instead of 6 ms on an H200, 2026-11-26).
+    """
+    expect = a.itemsize
+    for size, stride in zip(reversed(a.shape), reversed(a.strides)):
+        if stride != expect:
+            return False
+        expect *= size
+    return True
+
+
+def to_device(x: ArrayLike, dtype: np.dtype | type | None = None, stream: Any = 0) -> Any:
+    """The one host-to-device copy of this backend: ``x`` as a canonical C array, copied.
+
+    Host arrays whose layout is not :func:`canonical_layout` (views, broadcasts, other
+    dtypes) are first copied into a fresh array on the host, which Numba copies at the
+    bus's rate.
+    """
+    a = np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+    if not canonical_layout(a):
+        a = np.array(a, order="C", copy=True)
+    return cuda.to_device(a, stream=stream)
+
+
+def launch(kernel: Any, config: tuple, *args: Any) -> None:
+    """``kernel[config](*args)``, refusing host arrays: Numba would copy each one to the
+    device and back on every launch, implicitly (and slowly for some layouts)."""
+    for a in args:
+        if isinstance(a, np.ndarray) and a.ndim > 0:
+            raise TypeError(
+                f"A host array of shape {a.shape} reached a launch of {kernel!r}: "
+                "copy it with to_device first."
+            )
+    kernel[config](*args)
+
+
 def _as_device(x: ArrayLike, dtype: np.dtype | type, what: str) -> Any:
     """A Numba device array for ``x``: device inputs without a copy, host inputs copied.
 
@@ -57,7 +99,7 @@ def _as_device(x: ArrayLike, dtype: np.dtype | type, what: str) -> Any:
     elif hasattr(x, "__cuda_array_interface__"):
         arr = cuda.as_cuda_array(x)
     else:
-        return cuda.to_device(np.ascontiguousarray(x, dtype=dtype))
+        return to_device(x, dtype)
     want = np.dtype(dtype).kind
     kinds = "iu" if want in "iu" else "f"
     if np.dtype(arr.dtype).kind not in kinds:
@@ -66,6 +108,45 @@ def _as_device(x: ArrayLike, dtype: np.dtype | type, what: str) -> Any:
             f"Got a device array of dtype {np.dtype(arr.dtype).name} instead."
         )
     return arr
+
+
+def rows_to_device(columns: Any, n: int, dtype: Any = None, stream: Any = 0) -> Any:
+    """``(R, n)`` device array from R host columns of length ``n`` (a list, a typed List,
+    or a 2-d array), one explicit copy per column into its row: no stacked copy on the host.
+
+    ``dtype`` defaults to the columns' common type (float32 columns stay float32).
+    """
+    if isinstance(columns, np.ndarray) and columns.ndim == 2:
+        return to_device(columns, dtype, stream=stream)
+    cols = [np.asarray(c) for c in columns]
+    if dtype is None:
+        dtype = np.result_type(*[c.dtype for c in cols]) if cols else np.float64
+    out = cuda.device_array((len(cols), n), dtype=dtype, stream=stream)
+    for r, col in enumerate(cols):
+        if col.shape != (n,):
+            raise ValueError(f"Every column must have {n} rows. Got shape {col.shape} instead.")
+        c = col.astype(dtype, copy=False)
+        if not canonical_layout(c):
+            c = np.array(c, order="C", copy=True)
+        out[r].copy_to_device(c, stream=stream)
+    return out
+
+
+def label_codes(label: np.ndarray) -> np.ndarray:
+    """int8 per row: 0 negative, 1 positive, 2 missing, 3 present but not 0 or 1 (the label
+    states of ``engine.stats``, and the invalid-label flag, in one byte instead of eight)."""
+    y = np.asarray(label)
+    code = np.full(y.shape[0], 2, np.int8)
+    code[y == 1.0] = 1
+    code[y == 0.0] = 0
+    code[(code == 2) & ~np.isnan(y)] = 3
+    return code
+
+
+def _float(x: np.ndarray) -> np.ndarray:
+    """float32 and float64 columns as they are, anything else as float64."""
+    x = np.asarray(x)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 class CudaKernels:
@@ -94,6 +175,8 @@ class CudaKernels:
     """
 
     name = "gpu"
+    #: ``engine.stats.Accumulator`` accumulates through :meth:`fused_accumulate`.
+    fused = True
 
     def __init__(
         self,
@@ -133,6 +216,15 @@ class CudaKernels:
         self._edge_cache: dict[bytes, Any] = {}
         self._no_weights: Any = None
         self._rng_tables: tuple[Any, Any, Any] | None = None
+        self._const_cache: dict[tuple, Any] = {}
+        self._index_cache: dict[bytes, Any] = {}
+        #: The section plan of the last :meth:`fused_accumulate` (``_fused.plan_sections``).
+        self.last_fused_plan: np.ndarray | None = None
+        #: Set to a dict to time :meth:`fused_accumulate` by phase (seconds, summed over
+        #: calls: ``prepare`` on the host, ``upload``, ``kernel``, ``download``) and count
+        #: the bytes of per-row columns the kernel reads (``row_bytes``). Each phase is then
+        #: synchronised, so only benchmarks set it.
+        self.profile: dict[str, float] | None = None
 
     def __repr__(self) -> str:
         return f"CudaKernels(blocks={self.blocks}, threads={self.threads})"
@@ -152,7 +244,7 @@ class CudaKernels:
                 raise ValueError("edges must be a 1-d, strictly increasing array without NaN")
             if len(self._edge_cache) > 64:
                 self._edge_cache.clear()
-            dev = self._edge_cache[key] = cuda.to_device(host)
+            dev = self._edge_cache[key] = to_device(host)
         return dev
 
     def _rows(self, x: ArrayLike, dtype: type, what: str) -> Any:
@@ -165,7 +257,7 @@ class CudaKernels:
             if not x:
                 raise ValueError(f"The {what!r} argument must hold at least one row. Got none.")
             if not any(is_device_array(r) for r in x):
-                return cuda.to_device(np.ascontiguousarray(np.stack(x), dtype=dtype))
+                return to_device(np.ascontiguousarray(np.stack(x), dtype=dtype))
             rows = [_as_device(r, dtype, what) for r in x]
             n = rows[0].shape[0] if rows else 0
             if any(r.ndim != 1 or r.shape[0] != n for r in rows):
@@ -173,7 +265,7 @@ class CudaKernels:
             out = cuda.device_array((len(rows), n), dtype=dtype)
             if n:
                 for m, row in enumerate(rows):
-                    _kernels.copy_row_kernel[self._grid(n)](row, out, m)
+                    launch(_kernels.copy_row_kernel, (self._grid(n)), row, out, m)
             return out
         arr = _as_device(x, dtype, what)
         if arr.ndim == 2:
@@ -209,7 +301,7 @@ class CudaKernels:
             vals = np.asarray(values)
             if vals.dtype not in (np.float32, np.float64):
                 vals = vals.astype(np.float64)
-            vals = cuda.to_device(np.ascontiguousarray(vals))
+            vals = to_device(vals)
         if vals.ndim != 1:
             raise ValueError(f"The 'values' argument must be 1-d. Got {vals.ndim}-d instead.")
         n = vals.shape[0]
@@ -228,7 +320,8 @@ class CudaKernels:
         # stage the edges in shared memory when they fit (1024 edges: 8 KiB)
         shared = 0 < m * 8 <= self.shared_bytes
         blocks, threads = self._grid(n)
-        _kernels.bin_index_kernel[blocks, threads, 0, m * 8 if shared else 0](
+        launch(
+            _kernels.bin_index_kernel, (blocks, threads, 0, m * 8 if shared else 0),
             vals, dev_edges, shared, out
         )
         return out
@@ -306,7 +399,7 @@ class CudaKernels:
         if weights is None:
             n_weights = 0
             if self._no_weights is None:
-                self._no_weights = cuda.to_device(np.zeros((1, 1), dtype=np.int64))
+                self._no_weights = to_device(np.zeros((1, 1), dtype=np.int64))
             weights_d = self._no_weights  # never read: n_weights is 0
         else:
             weights_d = self._rows(weights, np.int64, "weights")
@@ -327,14 +420,14 @@ class CudaKernels:
         shared_counts, shared_sums = self.histogram_plan(n_cells, n_weights)
         dyn_bytes = 4 * n_cells * shared_counts + 8 * n_weights * n_cells * shared_sums
 
-        out = cuda.to_device(np.zeros((1 + n_weights, n_cells), dtype=np.int64))
-        errors = cuda.to_device(np.zeros(1, dtype=np.int64))
-        dev_offsets = cuda.to_device(offsets)
+        out = to_device(np.zeros((1 + n_weights, n_cells), dtype=np.int64))
+        errors = to_device(np.zeros(1, dtype=np.int64))
+        dev_offsets = to_device(offsets)
         blocks, threads = self._grid(n)
         chunk = self.histogram_chunk(n_dims, blocks, threads)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            _kernels.histogram_kernel[blocks, threads, 0, dyn_bytes](
+            launch(_kernels.histogram_kernel, (blocks, threads, 0, dyn_bytes),
                 outer_d,
                 dev_offsets,
                 inner_d,
@@ -356,6 +449,176 @@ class CudaKernels:
                 f"0..{n_cells - 1}: 'n_cells', 'outer_offsets' or 'inner_size' is too small."
             )
         return out.copy_to_host()
+
+    # ----------------------------------------------------------------- fused accumulate
+    def edge_index(self, edges: np.ndarray) -> Any:
+        """The CPU's lookup-table index of ``edges`` (``kernels.cpu.EdgeIndex``), cached.
+
+        The accumulator hands it to :meth:`fused_accumulate`, which reads only its edges:
+        the device bins by binary search, which the table reproduces exactly.
+        """
+        from kernels.cpu import EdgeIndex
+
+        host = np.ascontiguousarray(edges, dtype=np.float64)
+        key = host.tobytes()
+        index = self._index_cache.get(key)
+        if index is None:
+            if len(self._index_cache) > 64:
+                self._index_cache.clear()
+            index = self._index_cache[key] = EdgeIndex(host)
+        return index
+
+    def _const(self, x: np.ndarray, dtype: np.dtype | type) -> Any:
+        """A small table that is the same for every batch (edges, lookup tables), copied to
+        the device once and cached by value."""
+        host = np.ascontiguousarray(x, dtype=dtype)
+        key = (host.dtype.str, host.shape, host.tobytes())
+        dev = self._const_cache.get(key)
+        if dev is None:
+            if len(self._const_cache) > 256:
+                self._const_cache.clear()
+            dev = self._const_cache[key] = to_device(host)
+        return dev
+
+    def fused_plan(self, sizes: list[int], n_edges: int) -> tuple[np.ndarray, bool, int]:
+        """Where the fused kernel accumulates: (section plan, edges staged, shared bytes).
+
+        The fine edges are staged in shared memory when they take at most a quarter of
+        ``shared_bytes`` (1024 edges: 8 KiB of 48); the sections share the rest
+        (``_fused.plan_sections``).
+        """
+        staged = 0 < n_edges * 8 <= self.shared_bytes // 4
+        budget = (self.shared_bytes - 8 * n_edges * staged) // 8
+        plan = _fused.plan_sections(sizes, budget)
+        n_shared = int(sum(plan[2, s] for s in range(plan.shape[1]) if plan[1, s] >= 0))
+        return plan, staged, 8 * (n_shared + n_edges * staged)
+
+    def fused_accumulate(self, n_threads: int, *args: Any) -> tuple[np.ndarray, ...]:
+        """Every grid of a batch in one kernel launch: ``kernels.cpu_fused.fused_accumulate``
+        on the device, same arguments (``n_threads`` is the CPU's and is ignored), same nine
+        grids, bit for bit.
+
+        The per-row columns go up once (explicit copies on one stream), the constant tables
+        are cached on the device, the statistics come back as one flat int64 array.
+        """
+        from kernels.cpu_fused import log_loss_terms
+
+        (col_index, col_lut, col_unseen, col_null, dim_a, dim_b, dim_b_size, dim_offsets, n_raw,
+         score, offline, paired, label, key_null,
+         edges, n_score_edges, _kmin, _shift, _lut, _steps, fine_to_calib, n_calib, thresholds,
+         delta_edges, n_delta_edges, _dkmin, _dshift, _dlut, _dsteps,
+         num_values, num_edges, num_n_edges, _num_lut, _num_lo, _num_scale, _num_steps, num_slot,
+         cat_codes, cat_unseen, cat_slot, n_features, feature_bins, n_dq,
+         p_scale, ll_scale, ll2_scale, log_eps, value, with_value, value_scale, value2_scale) = args
+        n = int(score.shape[0])
+        n_raw, F, NC = int(n_raw), int(n_score_edges) + 1, int(n_calib)
+        T, DB = int(thresholds.shape[0]), int(n_delta_edges) + 1
+        TT = (T + 1) ** 2
+        n_features, feature_bins, n_dq = int(n_features), int(feature_bins), int(n_dq)
+        paired, with_value = bool(paired), bool(with_value)
+        sizes = [0] * _kernels.N_SECTIONS
+        sizes[_kernels.SEC_SCORE] = n_raw * 3 * F
+        sizes[_kernels.SEC_CALIB] = n_raw * 3 * NC * 4
+        sizes[_kernels.SEC_FEAT] = n_raw * n_features * feature_bins
+        sizes[_kernels.SEC_PATTERN] = n_raw * 64
+        sizes[_kernels.SEC_DQ] = n_raw * n_dq
+        if paired:
+            sizes[_kernels.SEC_OFF] = n_raw * 3 * F
+            sizes[_kernels.SEC_CALIB_OFF] = n_raw * 3 * NC * 4
+            sizes[_kernels.SEC_JOINT] = n_raw * TT
+            sizes[_kernels.SEC_DELTA] = 3 * n_raw * DB
+        if with_value:
+            sizes[_kernels.SEC_VALUE] = 3 * n_raw * 3
+        plan, staged, dyn_bytes = self.fused_plan(sizes, F - 1)
+        self.last_fused_plan = plan
+        flat = np.zeros(int(plan[2].sum()), np.int64)
+        prof = self.profile
+        clock = time.perf_counter() if prof is not None else 0.0
+
+        def lap(phase: str, stream: Any = None) -> None:
+            nonlocal clock
+            if prof is not None:
+                if stream is not None:
+                    stream.synchronize()
+                now = time.perf_counter()
+                prof[phase] = prof.get(phase, 0.0) + now - clock
+                clock = now
+
+        if n:
+            # log-loss terms on the host, by the function the CPU path agrees with (see
+            # kernels.cuda._fused); label state as the kernels define it
+            # (float32 scores go in as they are: the function widens them exactly, as the
+            # CPU kernel does)
+            label_code = label_codes(label)
+            ll_on = log_loss_terms(_float(score), label_code, float(log_eps))
+            ll_off = log_loss_terms(_float(offline), label_code, float(log_eps)) if paired else ll_on
+            stream = cuda.stream()
+            lap("prepare")
+            uploaded: list[int] = []
+
+            def up(x: Any, dtype: Any = None) -> Any:
+                if not isinstance(x, np.ndarray):  # a list of columns: one device row each
+                    d = rows_to_device(x, n, dtype, stream)
+                else:
+                    d = to_device(x, dtype, stream=stream)
+                uploaded.append(d.nbytes)
+                return d
+
+            d_out = up(flat)
+            value_d = up(value, np.float64) if with_value else self._const(np.zeros(1), np.float64)
+            args_d = (
+                up(col_index, np.int32),
+                self._const(col_lut, np.int32),
+                self._const(col_unseen, np.bool_),
+                self._const(col_null, np.int32),
+                self._const(dim_a, np.int32),
+                self._const(dim_b, np.int32),
+                self._const(dim_b_size, np.int64),
+                self._const(dim_offsets, np.int64),
+                up(score),
+                up(offline) if paired else self._const(np.zeros(1), np.float64),
+                paired,
+                up(label_code),
+                up(key_null, np.bool_),
+                up(ll_on),
+                up(ll_off) if paired else self._const(np.zeros(1), np.float64),
+                self._const(np.asarray(edges)[: F - 1], np.float64),
+                self._const(fine_to_calib, np.int64),
+                NC,
+                self._const(thresholds, np.float64) if T else self._const(np.zeros(0), np.float64),
+                self._const(np.asarray(delta_edges)[: DB - 1], np.float64),
+                up(num_values),
+                self._const(num_edges, np.float64),
+                self._const(num_n_edges, np.int64),
+                self._const(num_slot, np.int64),
+                up(cat_codes, np.int32),
+                up(cat_unseen, np.bool_),
+                self._const(cat_slot, np.int64),
+                feature_bins,
+                n_dq,
+                float(p_scale),
+                float(ll_scale),
+                float(ll2_scale),
+                value_d,
+                with_value,
+                float(value_scale),
+                float(value2_scale),
+                staged,
+                self._const(plan, np.int64),
+                int(sum(plan[2, s] for s in range(plan.shape[1]) if plan[1, s] >= 0)),
+                d_out,
+            )
+            lap("upload", stream)
+            blocks, threads = self._grid(n)
+            launch(_kernels.fused_accumulate_kernel, (blocks, threads, stream, dyn_bytes), 0, n, *args_d)
+            lap("kernel", stream)
+            d_out.copy_to_host(flat, stream=stream)
+            stream.synchronize()
+            lap("download")
+            if prof is not None:
+                prof["row_bytes"] = prof.get("row_bytes", 0) + sum(uploaded) - d_out.nbytes
+                prof["rows"] = prof.get("rows", 0) + n
+        return _fused.unpack(flat, plan, n_raw, F, NC, TT, DB, n_features, feature_bins, n_dq)
 
     # ----------------------------------------------------------------- draws
     def poisson_cells(
@@ -382,13 +645,13 @@ class CudaKernels:
         if is_device_array(counts):
             counts_d = _as_device(counts, np.int64, "counts")
         else:
-            counts_d = cuda.to_device(_rng.as_counts(counts, n_keys))
+            counts_d = to_device(_rng.as_counts(counts, n_keys))
         if n_reps <= 0 or n_keys == 0:
             return np.zeros((max(n_reps, 0), n_keys), dtype=np.int64)
         out = cuda.device_array((n_reps, n_keys), dtype=np.int64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_POISSON))
         ztab, ptab, _ = self._tables()
-        _kernels.poisson_cells_kernel[self._grid(n_reps * n_keys)](
+        launch(_kernels.poisson_cells_kernel, (self._grid(n_reps * n_keys)),
             base, keys, counts_d, int(rep_start), int(n_reps), ztab, ptab, out
         )
         return out.copy_to_host()
@@ -408,7 +671,7 @@ class CudaKernels:
             return np.zeros((max(n_reps, 0), n_keys), dtype=np.float64)
         out = cuda.device_array((n_reps, n_keys), dtype=np.float64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_NORMAL))
-        _kernels.normal_cells_kernel[self._grid(n_reps * n_keys)](
+        launch(_kernels.normal_cells_kernel, (self._grid(n_reps * n_keys)),
             base, keys, int(rep_start), int(n_reps), self._tables()[0], out
         )
         return out.copy_to_host()
@@ -432,24 +695,51 @@ class CudaKernels:
         if n_reps <= 0 or n == 0:
             return out
         base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
-        _kernels.unit_weights_kernel[self._grid(n_reps * n)](
+        launch(_kernels.unit_weights_kernel, (self._grid(n_reps * n)),
             base, ids, int(rep_start), int(n_reps), self._tables()[2], out
         )
         return out
+
+    def unit_histogram(
+        self, seed: int, unit_ids: ArrayLike, cells: ArrayLike, n_cells: int, rep_start: int, n_reps: int
+    ) -> np.ndarray:
+        """Cell counts of the unit-level bootstrap; see ``kernels._api.Kernels.unit_histogram``.
+
+        Rows x replicates in one launch: a thread draws its row's weight in every replicate
+        and adds it to the row's cells, in a per-block shared copy of the counts when
+        ``8 * n_reps * n_cells`` bytes fit in ``shared_bytes``, else with global atomics.
+        Counts are int64 and exact; the result is identical to the CPU's.
+        """
+        ids = self._keys(unit_ids, "unit_ids")
+        cells_d = self._rows(cells, np.int32, "cells")
+        n = ids.shape[0]
+        if cells_d.shape[1] != n:
+            raise ValueError(f"The 'cells' argument must have {n} columns. Got {cells_d.shape[1]} instead.")
+        n_reps, n_cells = max(int(n_reps), 0), int(n_cells)
+        out = to_device(np.zeros((n_reps, n_cells), dtype=np.int64))
+        if n_reps and n and n_cells:
+            shared = 8 * n_reps * n_cells <= self.shared_bytes
+            base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
+            blocks, threads = self._grid(n)
+            launch(
+                _kernels.unit_histogram_kernel, (blocks, threads, 0, 8 * n_reps * n_cells if shared else 0),
+                base, ids, cells_d, int(rep_start), n_reps, n_cells, self._tables()[2], shared, out,
+            )
+        return out.copy_to_host()
 
     def _tables(self) -> tuple[Any, Any, Any]:
         """The generator's tables on the device, copied once: ``_rng.NORMAL_TABLE``,
         ``_rng.POISSON_TABLE`` and ``_rng.POISSON1_THRESHOLDS``."""
         if self._rng_tables is None:
             self._rng_tables = tuple(
-                cuda.to_device(t) for t in (_rng.NORMAL_TABLE, _rng.POISSON_TABLE, _rng.POISSON1_THRESHOLDS)
+                to_device(t) for t in (_rng.NORMAL_TABLE, _rng.POISSON_TABLE, _rng.POISSON1_THRESHOLDS)
             )
         return self._rng_tables
 
     def _keys(self, keys: ArrayLike, what: str) -> Any:
         """(n,) uint64 keys on the device; 64-bit integer device keys are viewed as uint64."""
         if not is_device_array(keys):
-            return cuda.to_device(np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1))
+            return to_device(np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1))
         arr = _as_device(keys, np.uint64, what)
         if arr.ndim != 1:
             raise ValueError(f"The {what!r} argument must be 1-d. Got {arr.ndim}-d instead.")
@@ -461,5 +751,5 @@ class CudaKernels:
         # narrower integers: widen on the device, as astype(np.uint64) does
         out = cuda.device_array((1, arr.shape[0]), dtype=np.uint64)
         if arr.shape[0]:
-            _kernels.copy_row_kernel[self._grid(arr.shape[0])](arr, out, 0)
+            launch(_kernels.copy_row_kernel, (self._grid(arr.shape[0])), arr, out, 0)
         return out.reshape(arr.shape[0])
