@@ -127,11 +127,12 @@ def _stable_argsort(xp: Any, a: Any) -> Any:
     return xp.argsort(a, kind="stable") if xp is np else xp.argsort(a)
 
 
-def _first_per_key(xp: Any, keys: Any, order_keys: list[Any]) -> tuple[Any, Any, int]:
+def _first_per_key(xp: Any, keys: Any, order_keys: list[Any], *, full: bool = False) -> tuple:
     """Positions of the first row of each key when rows are sorted by (key, *order_keys).
 
     Returns the sorted unique keys, the row index of each key's first row, and the number of
-    rows beyond the first per key.
+    rows beyond the first per key (and, with ``full``, the whole sorted order and its
+    first-of-key flags).
     """
     # least significant key first, each a stable sort of the order so far (radix style):
     # no stacking of keys of different types (CuPy's lexsort wants one 2-d array, whose
@@ -144,7 +145,28 @@ def _first_per_key(xp: Any, keys: Any, order_keys: list[Any]) -> tuple[Any, Any,
     if ks.shape[0] > 1:
         first[1:] = ks[1:] != ks[:-1]
     uniq = ks[first]
+    if full:
+        return uniq, order[first], int(ks.shape[0] - uniq.shape[0]), order, first
     return uniq, order[first], int(ks.shape[0] - uniq.shape[0])
+
+
+def _conflicts(xp: Any, order: Any, first: Any, label: Any, label_null: Any, ts: tuple | None) -> Any:
+    """Per key (in sorted-key order): whether its rows disagree on the label, as the DuckDB
+    join decides it (two different non-null labels among the rows of its latest outcome
+    time, or among all its rows without one)."""
+    gid = xp.cumsum(first) - 1
+    lab, null = label[order], label_null[order]
+    head = order[first]
+    latest = xp.ones(order.shape[0], dtype=bool)
+    if ts is not None:
+        tv, tn = xp.asarray(ts[0])[order], xp.asarray(ts[1])[order]
+        hv, hn = tv[first][gid], tn[first][gid]
+        latest = (tn & hn) | (~tn & ~hn & (tv == hv))
+    # rows are sorted by label, largest first, nulls last: the key's first row holds the max
+    head_label, head_null = label[head][gid], label_null[head][gid]
+    differs = latest & ~null & ~head_null & (lab != head_label)
+    n_keys = int(first.sum())
+    return xp.bincount(gid, weights=differs.astype(xp.float64), minlength=n_keys) > 0
 
 
 def _sort_keys(xp: Any, values: np.ndarray, null: np.ndarray, descending: bool) -> list[Any]:
@@ -250,17 +272,25 @@ class SortJoinedStream(JoinedStream):
             valid = ~nulls[i]
             label, label_null = _float_parts(_column(oc, spec.label))
             order: list[Any] = []
+            ts = None
             if spec.outcome_ts is not None:
-                order += _sort_keys(xp, *(p[valid] for p in _float_parts(_column(oc, spec.outcome_ts))), descending=True)
+                ts = tuple(p[valid] for p in _float_parts(_column(oc, spec.outcome_ts)))
+                order += _sort_keys(xp, *ts, descending=True)
             order += _sort_keys(xp, label[valid], label_null[valid], descending=True)
             value = value_null = None
             if spec.value is not None:
                 value, value_null = _float_parts(_column(oc, spec.value))
                 order += _sort_keys(xp, value[valid], value_null[valid], descending=True)
-            uniq, rows, report.duplicate_keys["outcomes"] = _first_per_key(xp, xp.asarray(codes[i][valid]), order)
+            uniq, rows, report.duplicate_keys["outcomes"], full, first = _first_per_key(
+                xp, xp.asarray(codes[i][valid]), order, full=True
+            )
+            conflict = _conflicts(xp, full, first, xp.asarray(label[valid]), xp.asarray(label_null[valid]), ts)
+            report.conflicting_labels = int(conflict.sum())
             pos, hit = _lookup(xp, uniq, on_keys, on_null)
             src = xp.asarray(np.flatnonzero(valid))[rows][pos]
-            matched["label"] = (hit, xp.asarray(label)[src], xp.asarray(label_null)[src] | ~hit)
+            # a key whose rows disagree on the label is not resolved: its label is missing
+            missing = xp.asarray(label_null)[src] | ~hit | (conflict[pos] & hit)
+            matched["label"] = (hit, xp.asarray(label)[src], missing)
             if value is not None:
                 matched["value"] = (hit, xp.asarray(value)[src], xp.asarray(value_null)[src] | ~hit)
         self.report = report
