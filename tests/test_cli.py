@@ -461,9 +461,15 @@ def test_meta_without_value(world, bad):
     usage_error(parity(*check_args(world, bad["online"], "--meta", "novalue")), "--meta", "'novalue'", "KEY=VALUE")
 
 
-def test_window_not_supported_yet(world, bad):
-    err = usage_error(parity(*check_args(world, bad["online"], "--window", "1h")), "'1h'")
-    assert "not supported" in err
+def test_window_through_the_cli(world, bad, tmp_path):
+    """--window judges each window too (the findings of the windows next to the whole
+    period's; the run record says which windows)."""
+    out = tmp_path / "w.json"
+    proc = parity(*check_args(world, bad["online"], "--window", "1d", "--json", out))
+    assert proc.returncode in (0, 1), proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["run"]["windows"]["count"] >= 1
+    assert any(f["window"] is not None for f in doc["findings"])
 
 
 def test_window_that_is_not_a_duration(world, bad):
