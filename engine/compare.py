@@ -417,7 +417,8 @@ class Judge:
         specs: list[tuple[str, np.ndarray, str | None]] = []
         tests_due: list[_Test] = []
         if ev.has_offline:
-            specs.append(("join_coverage", flags["has_offline"], None))
+            # matched rows: a replay score that is there but invalid is no coverage loss
+            specs.append(("join_coverage", flags["has_offline"] + flags["invalid_offline_score"], None))
         if ev.has_outcomes:
             if ev.label_rows is not None:  # a label horizon: only rows whose outcomes are due
                 rows_due, labelled_due = ev.label_rows

@@ -38,6 +38,7 @@ import base64
 import functools
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -273,11 +274,24 @@ def _sort_value(x: float | None) -> str:
     return repr(x) if math.isfinite(x) else ""
 
 
+#: Characters a value from data may hold that would hide or reorder text on the page: C0/C1
+#: controls (NUL...) and the bidirectional overrides, embeddings, isolates and marks.
+_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: Any) -> Any:
+    """``text`` with every control and bidi-override character shown as ``<U+XXXX>``, so a
+    slice value holding U+202E cannot reverse what the page shows (strings only)."""
+    if not isinstance(text, str):
+        return text
+    return _INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
+
+
 def slice_label(slice_: Mapping[str, str]) -> str:
     """``country=BR · device=ios``, or ``all rows`` for the whole population."""
     if not slice_:
         return "all rows"
-    return " \u00b7 ".join(f"{k}={v}" for k, v in sorted(slice_.items()))
+    return visible(" \u00b7 ".join(f"{k}={v}" for k, v in sorted(slice_.items())))
 
 
 def _window_label(window: Mapping[str, str] | None) -> str:
@@ -991,6 +1005,7 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("engine", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
+        finalize=visible,  # every value printed: controls and bidi overrides made visible
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,

@@ -147,6 +147,19 @@ def _float_column(col) -> np.ndarray:
     return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
 
 
+def _offline_scores(batch: pa.RecordBatch) -> np.ndarray:
+    """The replay's scores; a matched row whose replay score is missing (null, NaN) reads as
+    an invalid score (-1), counted in ``invalid_offline_score``, never as a row the replay
+    lacks (that is a join-coverage loss, and the join says it matched)."""
+    off = _float_column(batch.column(OFFLINE_SCORE))
+    if "__has_offline" in batch.schema.names:
+        matched = batch.column("__has_offline").to_numpy(zero_copy_only=False).astype(bool)
+        lost = matched & np.isnan(off)
+        if lost.any():
+            off = np.where(lost, -1.0, off).astype(off.dtype)
+    return off
+
+
 def _key_null(batch: pa.RecordBatch) -> np.ndarray:
     """The join's null-key mask, all False when the batch has none."""
     if KEY_NULL in batch.schema.names:
@@ -454,7 +467,7 @@ class Accumulator:
 
         # ---- paired: offline replay of the same request
         if self.paired:
-            off = _to_float(batch.column(OFFLINE_SCORE)).astype(np.float64)
+            off = _offline_scores(batch).astype(np.float64)
             present = ~np.isnan(off)
             valid_off = (off >= 0.0) & (off <= 1.0)
             invalid_off = present & ~valid_off
@@ -576,7 +589,7 @@ class Accumulator:
             col_null = np.zeros(1, np.int32)
             dim_a, dim_b, dim_b_size = np.zeros(1, np.int32), np.full(1, -1, np.int32), np.ones(1, np.int64)
         score = _float_column(batch.column(SCORE))
-        offline = _float_column(batch.column(OFFLINE_SCORE)) if self.paired else score
+        offline = _offline_scores(batch) if self.paired else score
         label = _to_float(batch.column(LABEL)).astype(np.float64, copy=False) if LABEL in batch.schema.names else np.full(n, np.nan)
         key_null = _key_null(batch)
         numeric = [(j, f) for j, f in enumerate(layout.features) if f.kind == "numeric"]

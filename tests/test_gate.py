@@ -208,3 +208,31 @@ def test_a_check_config_naming_a_slice_the_baseline_lacks_is_an_error(small, tmp
     cfg.write_text("slices: [country, region]\n")
     with pytest.raises(ConfigError, match=r"\['region'\].*not built with"):
         run_check(bl, w.online, config=str(cfg), bootstrap=0)
+
+
+def test_a_missing_replay_score_is_an_invalid_score_not_lost_coverage(small):
+    w, bl = small
+    score = w.offline["score"].to_numpy().copy()
+    score[:500] = np.nan
+    off = w.offline.set_column(1, "score", pa.array(score))
+    res = run_check(bl, w.online, offline=off, outcomes=w.outcomes, bootstrap=0)
+    assert res.data_quality["matched_offline"] == 20_000
+    assert res.data_quality["invalid_offline_scores"] == 500
+    (cov,) = [f for f in res.findings if f.metric == "join_coverage" and f.slice == {}]
+    assert cov.value == 1.0
+
+
+def test_control_and_bidi_characters_in_slice_values_are_shown_not_obeyed(tmp_path):
+    from engine.report import render_html
+
+    w = gw.world(5_000, seed=10)
+    hostile = "BR\u202eevil\x00"
+    country = np.where(w.online["country"].to_numpy(zero_copy_only=False) == "C00", hostile, w.online["country"].to_numpy(zero_copy_only=False))
+    online = w.online.set_column(w.online.schema.get_field_index("country"), "country", pa.array(country, pa.string()))
+    ev_c = w.evaluation["country"].to_numpy(zero_copy_only=False)
+    ev = w.evaluation.set_column(w.evaluation.schema.get_field_index("country"), "country",
+                                 pa.array(np.where(ev_c == "C00", hostile, ev_c), pa.string()))
+    bl = build_baseline(ev, gw.config())
+    html = render_html(run_check(bl, online, bootstrap=0))
+    assert "\u202e" not in html and "\x00" not in html
+    assert "&lt;U+202E&gt;" in html
