@@ -42,12 +42,12 @@ class Sides:
     def of(cls, stats: Statistics, layout: Layout, baseline: Baseline) -> "Sides":
         base_layout = baseline.layout
         n, n_atoms = layout.n_slices, layout.n_atoms
-        g_all = ME.grids_from_statistics(stats, layout)
+        g_all = ME.grids_from_statistics(stats, layout, with_atoms=True)
         online = SliceCells(
             ME.select_slices(g_all, np.arange(n)),
             ME.select_slices(g_all, np.arange(n, n + n_atoms)) if n_atoms else None,
         )
-        b_all = ME.grids_from_statistics(baseline.statistics, base_layout)
+        b_all = ME.grids_from_statistics(baseline.statistics, base_layout, with_atoms=True)
         b_n = base_layout.n_slices
         judged = np.arange(b_n) if layout is base_layout else baseline_slice_index(layout, base_layout)
         atoms = None

@@ -102,8 +102,9 @@ def _resolution(layout: Layout, score_edges: np.ndarray, fine_features: bool) ->
     )
 
 
-def grids_from_statistics(stats: Statistics, layout: Layout) -> Grids:
-    """The fine grids of a :class:`Statistics`, sums converted back to float64."""
+def grids_from_statistics(stats: Statistics, layout: Layout, *, with_atoms: bool = False) -> Grids:
+    """The fine grids of a :class:`Statistics`, sums converted back to float64: the judged
+    slices, and after them the atoms (``layout.atoms``) with ``with_atoms``."""
 
     def calib(name: str) -> dict[str, np.ndarray]:
         g = stats.grid(name)
@@ -133,6 +134,8 @@ def grids_from_statistics(stats: Statistics, layout: Layout) -> Grids:
     if "value" in stats.raw:
         v = stats.grid("value")
         grids.value = (v[0], from_fixed(v[1], VALUE_BITS), from_fixed(v[2], VALUE2_BITS))
+    if not with_atoms and layout.n_atoms and grids.score.shape[0] == layout.n_slices + layout.n_atoms:
+        grids = select_slices(grids, np.arange(layout.n_slices))
     return grids
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import markupsafe
 from markupsafe import Markup
 
 from engine import vega as V
@@ -284,6 +285,8 @@ def visible(text: Any) -> Any:
     slice value holding U+202E cannot reverse what the page shows (strings only)."""
     if not isinstance(text, str):
         return text
+    if isinstance(text, markupsafe.Markup):  # already HTML (built from escaped values)
+        return markupsafe.Markup(_INVISIBLE.sub(lambda m: f"&lt;U+{ord(m.group()):04X}&gt;", text))
     return _INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
 
 

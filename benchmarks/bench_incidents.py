@@ -1,0 +1,62 @@
+"""What localisation (atoms) and windows add to a check.
+
+Generates the demo's deployment at ``--rows`` (default 3M), builds two baselines (atoms off:
+``max_atoms: 0``; atoms on: the default), and times ``run_check`` in three configurations,
+``--repeat`` times each, interleaved: no atoms and no windows (localisation then only takes
+slices out of the population), atoms, and atoms with 7 windows over the day of traffic
+(``--window 206m``). Prints the medians and the ratios to the first.
+
+Usage: python benchmarks/bench_incidents.py [--rows 3000000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from engine.config import Config
+from engine.expectation import build_baseline
+from engine.pipeline import run_check
+from engine.synthetic import generate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=3_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="parity-bench-incidents-"))
+    sc = generate(work / "data", rows=args.rows, seed=0)
+    baselines = {}
+    for atoms in (0, 1024):
+        cfg = Config(slices=sc.slices, features=sc.features, thresholds=sc.thresholds, max_atoms=atoms)
+        baselines[atoms] = build_baseline(sc.evaluation, cfg, out=work / f"bl{atoms}")
+    runs = {
+        "no atoms, no windows": dict(baseline=baselines[0]),
+        "atoms (localisation)": dict(baseline=baselines[1024]),
+        "atoms + 7 windows": dict(baseline=baselines[1024], window="206m", time_column="ts"),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    info = {}
+    for _ in range(args.repeat):
+        for name, kw in runs.items():
+            bl = kw.pop("baseline")
+            t0 = time.perf_counter()
+            res = run_check(bl, sc.online, offline=sc.offline, outcomes=sc.outcomes, **kw)
+            times[name].append(time.perf_counter() - t0)
+            kw["baseline"] = bl
+            info[name] = (len(res.incidents), res.run.get("windows", {}).get("count"), res.run["localisation"]["atom_cells"])
+    ref = statistics.median(times["no atoms, no windows"])
+    print(f"rows {args.rows:,}, repeat {args.repeat} (medians)")
+    print(f"{'configuration':28s} {'median s':>9s} {'ratio':>6s}  incidents windows atoms")
+    for name, ts in times.items():
+        m = statistics.median(ts)
+        n_inc, n_win, n_atoms = info[name]
+        print(f"{name:28s} {m:9.2f} {m / ref:6.2f}  {n_inc:9d} {str(n_win):>7s} {n_atoms:5d}")
+
+
+if __name__ == "__main__":
+    main()
