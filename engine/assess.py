@@ -28,7 +28,7 @@ from engine.timeline import chart_records, judge_windows, time_incidents
 
 
 #: Replicates of the remainders judged by localisation (their spread, not fine tails).
-LOCALISATION_BOOTSTRAP = 200
+LOCALISATION_BOOTSTRAP = 100
 
 
 @dataclass

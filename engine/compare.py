@@ -445,8 +445,9 @@ class Judge:
             spec = self._spec(name)
             if spec is None:
                 continue
+            lo, hi = (np.asarray(x, dtype=np.float64) for x in rate_interval(counts, rows, self.level))  # all slices at once
             for s in range(len(rows)):
-                tests.append(self._rate_test(spec, s, counts[s], rows[s], column, rows[s] / total))
+                tests.append(self._rate_test(spec, s, counts[s], rows[s], column, rows[s] / total, (float(lo[s]), float(hi[s]))))
         spec = self._spec("duplicate_key_rate")
         if spec is not None and ev.online_rows_raw:
             tests.append(
@@ -460,11 +461,16 @@ class Judge:
                 tests.append(self._rate_test(spec, 0, float(k), float(n), table, 1.0))
         return tests
 
-    def _rate_test(self, spec: MetricSpec, s: int, k: float, n: float, column: str | None, share: float) -> _Test:
+    def _rate_test(
+        self, spec: MetricSpec, s: int, k: float, n: float, column: str | None, share: float,
+        interval: tuple[float, float] | None = None,
+    ) -> _Test:
         value = k / n if n > 0 else float("nan")
         floor = spec.tolerance_kind == "floor"
         expected = spec.tolerance if floor else 0.0
-        lo_v, hi_v = (float(x) for x in rate_interval(np.array(k), np.array(n), self.level))
+        if interval is None:
+            interval = tuple(float(x) for x in rate_interval(np.array(k), np.array(n), self.level))
+        lo_v, hi_v = interval
         se = max(math.sqrt(max(value * (1 - value), 0.0) / n) if n > 0 else float("nan"), (hi_v - lo_v) / (2 * self.z))
         t = _Test(
             key=(spec.name, None, column),

@@ -98,10 +98,21 @@ def _combine(judged, atoms, plus: np.ndarray, minus_judged: np.ndarray, minus_at
         ]
         return type(judged)(parts)
     a = np.asarray(judged)
-    out = a[plus] - np.tensordot(minus_judged, a, axes=(1, 0)).astype(a.dtype, copy=False)
+    out = a[plus] - _sum_rows(minus_judged, a)
     if minus_atoms is not None and atoms is not None:
-        out = out - np.tensordot(minus_atoms, np.asarray(atoms), axes=(1, 0)).astype(a.dtype, copy=False)
+        out = out - _sum_rows(minus_atoms, np.asarray(atoms))
     return out
+
+
+def _sum_rows(selection: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``selection @ a`` over the first axis, for a 0/1 ``selection``: through float64 BLAS
+    (integer matrix products have none), exact for counts below 2**53, then back to
+    ``a``'s type."""
+    if not selection.any():
+        return np.zeros((selection.shape[0],) + a.shape[1:], dtype=a.dtype)
+    flat = a.reshape(a.shape[0], -1).astype(np.float64, copy=False)
+    out = (selection.astype(np.float64) @ flat).reshape((selection.shape[0],) + a.shape[1:])
+    return np.rint(out).astype(a.dtype) if np.issubdtype(a.dtype, np.integer) else out
 
 
 def derive(cells: SliceCells, plus: np.ndarray, minus_judged: np.ndarray, minus_atoms: np.ndarray | None) -> Grids:
@@ -241,7 +252,10 @@ def localise(
         if not asks:
             break
         judged_pairs += len(queries)
-        excess, quiet, removed = _judge_remainders(queries, rem, online, baseline, layout, config, evidence_for)
+        need_dq = any(_kind(f) == "data_quality" for f, _, _ in asks)
+        excess, quiet, removed = _judge_remainders(
+            queries, rem, online, baseline, layout, config, evidence_for, need_dq
+        )
         options: dict[str, list[tuple[Finding, float, float, bool]]] = {}
         for f, c, q in asks:
             e = excess.get((q, test_key(f)))
@@ -334,7 +348,9 @@ def _table_level(f: Finding) -> bool:
     return f.metric in ("duplicate_key_rate", "conflicting_label_rate")
 
 
-def _judge_remainders(queries, rem: Remainders, online: SliceCells, baseline: SliceCells, layout, config, evidence_for):
+def _judge_remainders(
+    queries, rem: Remainders, online: SliceCells, baseline: SliceCells, layout, config, evidence_for, need_dq: bool = True
+):
     """Judge each planned remainder, like a slice.
 
     Returns ``excess[(query, test key)]``, the point estimate's excess over the tolerance in
@@ -364,7 +380,7 @@ def _judge_remainders(queries, rem: Remainders, online: SliceCells, baseline: Sl
         base = derive(baseline, plus, minus_j, None)
     ev = evidence_for(on, base, np.array([stable_key(json.dumps(["remainder", *k])) for k in keys], dtype=np.uint64))
     judge = Judge(layout, config)
-    tests = judge._metric_tests(ev) + judge._dq_tests(ev)
+    tests = judge._metric_tests(ev) + (judge._dq_tests(ev) if need_dq else [])
     rows_all = np.asarray(online.judged.dq[:, 0], dtype=np.float64)
     rows_left = np.asarray(on.dq[:, 0], dtype=np.float64)
     removed = {k: float(1.0 - rows_left[r] / rows_all[plus[r]]) if rows_all[plus[r]] > 0 else 1.0 for r, k in enumerate(keys)}

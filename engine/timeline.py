@@ -3,7 +3,7 @@
 Windows are one more dimension of the statistics (``Accumulator(windows=...)``): one pass
 over the rows gives every window, and the whole period is judged as before. Here each window
 is judged like the whole period (its own, smaller, bootstrap: the charts need each window's
-spread, not fine tails), and every test is followed across windows on a control chart.
+spread, not fine tails: 100 replicates), and every test is followed across windows on a control chart.
 
 The chart
 ---------
@@ -52,7 +52,7 @@ Z_BEYOND = NormalDist().inv_cdf(0.95)
 #: k of the last n windows beyond.
 K_OF_N = (2, 3)
 #: Replicates of each window's bootstrap.
-WINDOW_BOOTSTRAP = 200
+WINDOW_BOOTSTRAP = 100
 #: The designed false-alarm rate per window at the tolerance's edge (see the docstring).
 DESIGNED_FALSE_ALARM_RATE = 3 * 0.05**2 * 0.95 + 0.05**3
 
