@@ -43,6 +43,7 @@ Choices, documented:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -468,6 +469,8 @@ def rate_difference_interval(
 def norm_sf(z):
     """Standard normal upper tail ``P(Z > z)`` through erfc: accurate far in the tail (tiny
     p-values stay positive), for a float or an array."""
+    if np.ndim(z) == 0:  # the verdicts' one test at a time: the same arithmetic, no vectorize
+        return 0.5 * math.erfc(float(z) / math.sqrt(2.0))
     return 0.5 * np.vectorize(math.erfc, otypes=[np.float64])(np.asarray(z, dtype=np.float64) / math.sqrt(2.0))
 
 
@@ -565,7 +568,22 @@ class DriftNull:
 NULL_DRAWS = 2000
 
 
+_BRIDGE_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def _bridge_functionals(p: np.ndarray, widths: np.ndarray, replicates: int, seed: int, key: int):
+    """Memoised :func:`_draw_bridge_functionals`: the windows of a check share one baseline,
+    hence one bridge per statistic."""
+    ident = (int(seed), int(key), int(replicates), hashlib.sha1(p.tobytes()).digest(), hashlib.sha1(widths.tobytes()).digest())
+    hit = _BRIDGE_CACHE.get(ident)
+    if hit is None:
+        if len(_BRIDGE_CACHE) > 64:
+            _BRIDGE_CACHE.clear()
+        hit = _BRIDGE_CACHE[ident] = _draw_bridge_functionals(p, widths, replicates, seed, key)
+    return hit
+
+
+def _draw_bridge_functionals(p: np.ndarray, widths: np.ndarray, replicates: int, seed: int, key: int):
     """``sup |B|`` and ``integral |B|`` of ``replicates`` Brownian bridges on the binned CDF ``p``.
 
     The increments of ``sqrt(n) (F_n - F)`` over bins are multinomial, asymptotically
