@@ -134,6 +134,19 @@ class Tolerance:
             d["min_margin"] = self.min_margin
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Tolerance":
+        """The inverse of :meth:`to_dict` (a finding's ``tolerance``)."""
+        return cls(d["kind"], d["value"], d["bad"], d.get("min_margin", 0.0))
+
+    def scale(self, expected: ArrayOrFloat) -> ArrayOrFloat:
+        """The size one "tolerance" stands for: the margin, or for a floor the room it leaves
+        (``1 - floor`` below a floor, the ceiling itself under a ceiling). Severities and
+        excesses are in these units."""
+        if self.kind == "floor":
+            return 1.0 - self.value if self.bad == "decrease" else self.value
+        return self.margin(expected)
+
     def margin(self, expected: ArrayOrFloat) -> ArrayOrFloat:
         """The allowed size of a difference in the bad direction.
 

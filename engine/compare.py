@@ -520,7 +520,7 @@ class Judge:
             t.p_value = self._p_value(t, tol, margin)
             t.p_warn = self._p_value(t, tol, margin / 2) if tol.kind != "floor" else t.p_value
             # severity = |diff| / tolerance x share; a floor's scale is the room it leaves
-            scale = (1.0 - tol.value if tol.bad == "decrease" else tol.value) if tol.kind == "floor" else margin
+            scale = float(tol.scale(t.expected))
             t.severity = abs(t.diff) / (scale if scale > 0 else 1.0) * t.share
         testable = [t for t in tests if not t.insufficient and not t.duplicate and math.isfinite(t.p_value)]
         for flag, attr in (("survives_fdr", "p_value"), ("warn_fdr", "p_warn")):

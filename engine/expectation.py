@@ -62,10 +62,7 @@ class Baseline:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            (tmp / LAYOUT_FILE).write_text(json.dumps(self.layout.to_dict()))
-            self.statistics.to_npz(tmp / STATS_FILE)
-            (tmp / CONFIG_FILE).write_text(self.config.to_yaml())
-            (tmp / MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2, sort_keys=True))
+            self.write_files(tmp)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
@@ -73,6 +70,13 @@ class Baseline:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.path = str(out)
+
+    def write_files(self, directory: Path) -> None:
+        """Write the four files of a baseline directory into ``directory`` (which exists)."""
+        (directory / LAYOUT_FILE).write_text(json.dumps(self.layout.to_dict()))
+        self.statistics.to_npz(directory / STATS_FILE)
+        (directory / CONFIG_FILE).write_text(self.config.to_yaml())
+        (directory / MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Baseline":

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from engine.join import JoinedStream, JoinReport, _unique
 
@@ -319,16 +318,7 @@ class SortJoinedStream(JoinedStream):
         out["__has_offline"] = pa.array(has_off)
         out["__has_outcome"] = pa.array(has_oc)
         table = pa.table(out, schema=self.schema) if n else self.schema.empty_table()
-        for batch in table.to_batches(max_chunksize=self.batch_size):
-            for piece in self._split(batch):
-                report.matched_offline += pc.sum(piece.column("__has_offline")).as_py() or 0
-                report.matched_outcomes += pc.sum(piece.column("__has_outcome")).as_py() or 0
-                yield piece
-        if self.offline is not None:
-            report.offline_without_online = (
-                report.offline_rows - report.duplicate_keys["offline"] - report.matched_offline
-            )
-        report.complete = True
+        yield from self._counted(iter(table.to_batches(max_chunksize=self.batch_size)), report)
 
 
 def device_join(online, offline=None, outcomes=None, spec=None, **options: Any) -> SortJoinedStream:

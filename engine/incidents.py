@@ -35,13 +35,12 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from engine import measure as ME
 from engine.catalogue import METRICS, Tolerance
-from engine.compare import Evidence, Finding, Judge
+from engine.compare import Finding, Judge
 from engine.config import Config
 from engine.encode import Layout, stable_key
 from engine.measure import Grids
@@ -64,15 +63,11 @@ def slice_json(s: dict[str, str]) -> str:
 
 
 def effect(f: Finding) -> float:
-    """``|diff|`` over the tolerance's margin (the severity before the traffic share)."""
-    tol = f.tolerance
+    """``|diff|`` over the tolerance's scale (the severity before the traffic share)."""
     if f.diff is None:
         return 0.0
-    if tol["kind"] == "floor":
-        room = 1.0 - tol["value"] if tol["bad"] == "decrease" else tol["value"]
-        return abs(f.diff) / room if room > 0 else 0.0
-    margin = tol["value"] if tol["kind"] == "absolute" else max(tol["value"] * abs(f.expected or 0.0), tol.get("min_margin", 0.0))
-    return abs(f.diff) / margin if margin > 0 else 0.0
+    scale = float(Tolerance.from_dict(f.tolerance).scale(f.expected or 0.0))
+    return abs(f.diff) / scale if scale > 0 else 0.0
 
 
 # ---------------------------------------------------------------------- slice algebra
@@ -295,16 +290,12 @@ def localise(
         pop = same.get(slice_json({}))
         if pop is None or test_key(pop) != key or pop.id in explained or pop.diff is None:
             continue
-        tol = _tolerance(pop)
+        tol = Tolerance.from_dict(pop.tolerance)
         for f in same.values():
             if f is pop or test_key(f) != key or f.diff is None:
                 continue
-            gap = f.diff - pop.diff
-            if tol.kind == "floor":  # within the room the floor leaves
-                like = abs(gap) <= (1.0 - tol.value if tol.bad == "decrease" else tol.value)
-            else:
-                like = abs(gap) <= float(tol.margin(f.expected))
-            if like:
+            # the same change: the differences within one tolerance (a floor: its room)
+            if abs(f.diff - pop.diff) <= float(tol.scale(f.expected)):
                 explained[f.id] = [pop]
     # the first (most concentrated) culprit names the explanation; chains end at a finding
     # nothing explains
@@ -322,25 +313,16 @@ def localise(
     return Localisation(culprit, judged_pairs)
 
 
-def _tolerance(f: Finding) -> Tolerance:
-    t = f.tolerance
-    return Tolerance(t["kind"], t["value"], t["bad"], t.get("min_margin", 0.0))
-
-
 def _excess(f: Finding) -> float:
     """How far a finding lies beyond its tolerance, in units of the margin (> 0: beyond)."""
     if f.diff is None or f.expected is None:
         return math.inf
-    tol = _tolerance(f)
-    return _scaled_excess(tol, f.diff, f.expected)
+    return _scaled_excess(Tolerance.from_dict(f.tolerance), f.diff, f.expected)
 
 
 def _scaled_excess(tol: Tolerance, diff: float, expected: float) -> float:
-    if tol.kind == "floor":
-        room = 1.0 - tol.value if tol.bad == "decrease" else tol.value
-        return float(tol.excess(diff, expected)) / (room if room > 0 else 1.0)
-    margin = float(tol.margin(expected))
-    return float(tol.excess(diff, expected)) / (margin if margin > 0 else 1.0)
+    scale = float(tol.scale(expected))
+    return float(tol.excess(diff, expected)) / (scale if scale > 0 else 1.0)
 
 
 def _table_level(f: Finding) -> bool:

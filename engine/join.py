@@ -580,19 +580,24 @@ class JoinedStream:
                 source = self._arrow_stream(report.offline_join == "aligned")
             else:
                 source = self._sql_stream(con, report)
-            for batch in source:
-                for piece in self._split(batch):
-                    report.matched_offline += pc.sum(piece.column("__has_offline")).as_py() or 0
-                    report.matched_outcomes += pc.sum(piece.column("__has_outcome")).as_py() or 0
-                    yield piece
-            if self.offline is not None:
-                report.offline_without_online = (
-                    report.offline_rows - report.duplicate_keys["offline"] - report.matched_offline
-                )
-            report.complete = True
+            yield from self._counted(source, report)
         finally:
             con.close()
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _counted(self, batches: Iterator[pa.RecordBatch], report: JoinReport) -> Iterator[pa.RecordBatch]:
+        """Yield the joined batches in pieces of ``batch_size``, counting the matches as they
+        pass; the report is complete once the last one has."""
+        for batch in batches:
+            for piece in self._split(batch):
+                report.matched_offline += pc.sum(piece.column("__has_offline")).as_py() or 0
+                report.matched_outcomes += pc.sum(piece.column("__has_outcome")).as_py() or 0
+                yield piece
+        if self.offline is not None:
+            report.offline_without_online = (
+                report.offline_rows - report.duplicate_keys["offline"] - report.matched_offline
+            )
+        report.complete = True
 
     def _split(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         """Conform to :attr:`schema` and cut to ``batch_size`` rows."""

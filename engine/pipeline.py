@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import math
 import os
 import time
@@ -199,7 +198,6 @@ def run_check(
         client = stack.enter_context(client_for(scheduler)) if scheduler is not None else None
         sources = {side: _open(x, side) for side, x in given.items() if x is not None}
         src_on, src_off, src_out = (sources.get(s) for s in ("online", "offline", "outcomes"))
-        base_layout = bl.layout
         layout = _with_model_version(bl.layout, cfg, src_on, given["online"], client)
         if not layout.atoms:  # a baseline without atoms (older, or max_atoms 0): online only
             layout = layout.with_atoms(cfg.max_atoms)

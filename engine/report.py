@@ -34,9 +34,7 @@ Safety and determinism
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping

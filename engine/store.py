@@ -434,14 +434,9 @@ def _durable_create(target: Path, data: bytes) -> None:
 
 def _write_baseline_dir(baseline: Any, out: Path) -> None:
     """A baseline directory at ``out`` (which must not exist), durably: temp, fsync, rename."""
-    from engine.expectation import CONFIG_FILE, LAYOUT_FILE, MANIFEST_FILE, STATS_FILE
-
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        (tmp / LAYOUT_FILE).write_text(json.dumps(baseline.layout.to_dict()))
-        baseline.statistics.to_npz(tmp / STATS_FILE)
-        (tmp / CONFIG_FILE).write_text(baseline.config.to_yaml())
-        (tmp / MANIFEST_FILE).write_text(json.dumps(baseline.manifest, indent=2, sort_keys=True))
+        baseline.write_files(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from engine import measure as ME
-from engine.catalogue import METRICS
+from engine.catalogue import METRICS, Tolerance
 from engine.compare import Finding, Judge, finding_id
 from engine.encode import stable_key
 from engine.stats import Accumulator, Statistics, WindowSpec
@@ -188,16 +188,17 @@ def time_incidents(incidents: list[dict[str, Any]], findings: list[Finding], tim
             i = onset(c)
             if i is not None:
                 starts.append(c[i]["finding"].window["start"])
-        inc["windows"] = [p["finding"].window for p in _unique_windows(charts) if p["finding"].window["start"] in beyond]
+        seen = _unique_windows(charts)  # one point per window with data, in time order
+        inc["windows"] = [p["finding"].window for p in seen if p["finding"].window["start"] in beyond]
         inc["started"] = min(starts) if starts else None
         inc["last_seen"] = beyond[-1] if beyond else None
         inc["ongoing"] = bool(beyond) and beyond[-1] == latest
-        span = [p for p in _unique_windows(charts) if inc["started"] and p["finding"].window["start"] >= inc["started"]]
+        span = [p for p in seen if inc["started"] and p["finding"].window["start"] >= inc["started"]]
         persistence = (sum(p["finding"].window["start"] in beyond for p in span) / len(span)) if span else 0.0
         inc["persistence"] = persistence
-        if not starts:
+        if not starts:  # never signalled: a warning, weighed by how often it was beyond
             inc["status"] = "warn"
-            inc["severity"] *= max(persistence, len(beyond) / max(len(_unique_windows(charts)), 1))
+            inc["severity"] *= len(beyond) / max(len(seen), 1)
         else:
             inc["severity"] *= persistence
     incidents.sort(key=lambda i: ({"alert": 0, "warn": 1}[i["status"]], -i["severity"], i["id"]))
@@ -240,7 +241,7 @@ def _point(p: dict[str, Any]) -> dict[str, Any]:
         lo, hi = f.expected + f.ci[0], f.expected + f.ci[1]
     if f.expected is not None and tol["kind"] != "floor" and f.ci is not None:
         # where the window's value would be significantly beyond the tolerance
-        margin = tol["value"] if tol["kind"] == "absolute" else max(tol["value"] * abs(f.expected), tol.get("min_margin", 0.0))
+        margin = float(Tolerance.from_dict(tol).margin(f.expected))
         se = (f.ci[1] - f.ci[0]) / (2 * 1.96)
         if tol["bad"] in ("increase", "either"):
             ucl = f.expected + margin + Z_BEYOND * se

@@ -44,10 +44,10 @@ def _table(n: int, seed: int, shift: float = 0.0) -> pa.Table:
     )
 
 
-@pytest.fixture(scope="module")
-def layout():
-    base = _table(20_000, 1)
-    base = base.filter(pa.compute.not_equal(base["ch"], "z"))  # 'z' is never seen in the baseline
+def build_layout(rows: int):
+    """The layout of ``_table(rows, 1)``'s baseline, in which 'z' is never seen."""
+    base = _table(rows, 1)
+    base = base.filter(pa.compute.not_equal(base["ch"], "z"))
     builder = LayoutBuilder(
         ["country", "device"],
         {"f1": "numeric", "f2": "numeric", "ch": "categorical"},
@@ -57,6 +57,11 @@ def layout():
     )
     builder.update(base)
     return builder.build()
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return build_layout(20_000)
 
 
 class _ReferenceKernels(CpuKernels):

@@ -11,16 +11,14 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from numba import cuda
 
-from engine.encode import LayoutBuilder
 from engine.stats import Accumulator
 from kernels.cpu import CpuKernels
 from kernels.cuda import CudaKernels
 from kernels.cuda import _fused, _kernels, _launch
-from test_accumulate_paths import _table
+from test_accumulate_paths import _table, build_layout
 
 pytestmark = pytest.mark.cudasim
 
@@ -35,17 +33,7 @@ def gpu(**kw) -> CudaKernels:
 
 @pytest.fixture(scope="module")
 def layout():
-    base = _table(3000, 1)
-    base = base.filter(pa.compute.not_equal(base["ch"], "z"))  # 'z' is never seen in the baseline
-    builder = LayoutBuilder(
-        ["country", "device"],
-        {"f1": "numeric", "f2": "numeric", "ch": "categorical"},
-        [0.3, 0.6],
-        top_k=4,
-        crosses=[("country", "device")],
-    )
-    builder.update(base)
-    return builder.build()
+    return build_layout(3000)
 
 
 @pytest.mark.parametrize("paired", [True, False])
