@@ -29,9 +29,12 @@ Duplicate keys (deterministic: independent of file order, partitioning and threa
 A duplicated key never multiplies rows; one row per key is kept on each side, chosen by a
 total order over the row's values (never by its position):
 
-- **online**: the earliest ``online_ts`` (when the online table has that column), then the smallest
-  online score, then the smallest values of the remaining carried columns in output order;
-  nulls sort last everywhere. Rows equal in every carried column are interchangeable.
+- **online**: the row whose served score is closest to the key's replay score (a request
+  logged twice gives equal rows; another request that reused the key must not be paired
+  with this key's replay, or it reads as serving skew), then the earliest ``online_ts``
+  (when the online table has that column), then the smallest online score, then the
+  smallest values of the remaining carried columns in output order; nulls sort last
+  everywhere. Rows equal in every carried column are interchangeable.
 - **offline**: the smallest offline score (null last).
 - **outcomes**: the latest ``outcome_ts`` (when given), then the largest label, then the
   largest value; nulls last. But a key whose rows disagree on the label (two different
@@ -787,7 +790,9 @@ class JoinedStream:
             con.register("on_zip", pa.RecordBatchReader.from_batches(self.schema, zipped))
             ctes.append("o AS (SELECT * FROM on_zip)")
         else:
-            ctes.append(f"o AS ({self._dedup_online_sql(report.duplicate_keys['online'] > 0)})")
+            if report.offline_join == "hash":  # before ``o``: an online duplicate is paired by it
+                ctes.append(f"f AS ({self._offline_sql(report.duplicate_keys['offline'] > 0)})")
+            ctes.append(f"o AS ({self._dedup_online_sql(report.duplicate_keys['online'] > 0, report.offline_join)})")
 
         sel = [f"o.{_q(c)} AS {_q(c)}" for c in self.carried]
         joins = []
@@ -797,7 +802,6 @@ class JoinedStream:
         else:
             sel.append(f"CAST(o.{_q(spec.online_score)} AS DOUBLE) AS score")
             if report.offline_join == "hash":
-                ctes.append(f"f AS ({self._offline_sql(report.duplicate_keys['offline'] > 0)})")
                 joins.append(f"LEFT JOIN f ON {_key_eq(keys, 'o', 'f')}")
                 sel.append("f.__offline_score AS offline_score")
                 has_off = "(f.__m IS NOT NULL)"
@@ -830,25 +834,38 @@ class JoinedStream:
         sql = f"WITH {', '.join(ctes)} SELECT {', '.join(sel)} FROM o {' '.join(joins)}"
         return self._fetch(con, sql)
 
-    def _dedup_online_sql(self, has_dups: bool) -> str:
+    def _dedup_online_sql(self, has_dups: bool, offline_join: str = "none") -> str:
         cols = ", ".join(_q(c) for c in self.online_read)
         if not has_dups:
             return f"SELECT {cols} FROM on_src"
+        # The row its replay was made from first: the one whose served score is closest to
+        # the key's replay score (``f``, or the in-place column). Rows of one request logged
+        # twice are equal, so this only matters when another request reused the key; pairing
+        # that one with this key's replay would read as serving skew.
         order = []
+        if offline_join == "hash":
+            order.append(f"abs(CAST(s.{_q(self.spec.online_score)} AS DOUBLE) - f.__offline_score)")
+        elif offline_join == "in_place":
+            order.append(
+                f"abs(CAST(s.{_q(self.spec.online_score)} AS DOUBLE) - "
+                f"CAST(s.{_q(self.spec.online_offline_score)} AS DOUBLE))"  # type: ignore[arg-type]
+            )
         if self.online_ts is not None:
-            order.append(self.online_ts)
-        order.append(self.spec.online_score)
-        order += [c for c in self.online_read if c not in order and c not in self.keys]
-        order_sql = ", ".join(f"{_q(c)} ASC NULLS LAST" for c in order)
-        part = ", ".join(_q(k) for k in self.keys)
+            order.append(f"s.{_q(self.online_ts)}")
+        order.append(f"s.{_q(self.spec.online_score)}")
+        order += [f"s.{_q(c)}" for c in self.online_read if c not in (self.online_ts, self.spec.online_score) and c not in self.keys]
+        order_sql = ", ".join(f"{c} ASC NULLS LAST" for c in order)
+        part = ", ".join(f"s.{_q(k)}" for k in self.keys)
         eq = _key_eq(self.keys, "d", "s")
+        paired = f" LEFT JOIN f ON {_key_eq(self.keys, 's', 'f')}" if offline_join == "hash" else ""
+        qualified = ", ".join(f"s.{_q(c)}" for c in self.online_read)
         # Rows of unduplicated keys (and of null keys) stream through an anti join against the
         # few duplicated keys; only the duplicated ones are ranked.
         return (
             f"SELECT {cols} FROM on_src s WHERE NOT EXISTS (SELECT 1 FROM __dup_on d WHERE {eq}) "
             f"UNION ALL SELECT {cols} FROM ("
-            f"SELECT {cols}, row_number() OVER (PARTITION BY {part} ORDER BY {order_sql}) AS __rn "
-            f"FROM on_src s WHERE EXISTS (SELECT 1 FROM __dup_on d WHERE {eq})"
+            f"SELECT {qualified}, row_number() OVER (PARTITION BY {part} ORDER BY {order_sql}) AS __rn "
+            f"FROM on_src s{paired} WHERE EXISTS (SELECT 1 FROM __dup_on d WHERE {eq})"
             f") WHERE __rn = 1"
         )
 

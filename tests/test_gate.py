@@ -236,3 +236,21 @@ def test_control_and_bidi_characters_in_slice_values_are_shown_not_obeyed(tmp_pa
     html = render_html(run_check(bl, online, bootstrap=0))
     assert "\u202e" not in html and "\x00" not in html
     assert "&lt;U+202E&gt;" in html
+
+
+def test_duplicate_online_keys_are_data_quality_not_serving_skew(small):
+    """10% of the online rows are other requests that reused an existing key (a logging bug):
+    one data-quality finding on the online table; the pairing with the replay keeps each
+    key's own request, so no flip or |delta| finding blames the serving path."""
+    w, bl = small
+    rng = np.random.default_rng(5)
+    n = w.online.num_rows
+    taken, impostors = rng.choice(n, 2_000, replace=False), rng.choice(n, 2_000, replace=False)
+    extra = w.online.take(impostors).set_column(0, "request_id", w.online["request_id"].take(taken))
+    res = run_check(bl, pa.concat_tables([w.online, extra]), offline=w.offline, outcomes=w.outcomes, bootstrap=200)
+    assert res.data_quality["duplicate_keys"]["online"] == 2_000
+    dup = [f for f in res.findings if f.metric == "duplicate_key_rate" and f.feature is None]
+    assert dup and dup[0].status == "alert" and dup[0].cause == "data_quality"
+    blamed = [(f.metric, f.slice, f.status) for f in res.findings if f.cause == "serving_skew" and f.status != "ok"]
+    assert blamed == []
+    assert [i["cause"] for i in res.incidents] == ["data_quality"]

@@ -83,6 +83,11 @@ def reference(
     null_on = on[keys].isna().any(axis=1)
     ok = on[~null_on]
     order = (["ts"] if "ts" in on_cols else []) + ["score"] + [c for c in on_cols if c != "ts"]
+    if off is not None:  # a duplicated key keeps the row closest to its replay score first
+        replay = off[~off[keys].isna().any(axis=1)].groupby(keys)["score"].min().rename("__replay")
+        ok = ok.join(replay, on=keys)
+        ok = ok.assign(__gap=(ok["score"].astype("float64") - ok["__replay"]).abs())
+        order = ["__gap"] + order
     ok = ok.sort_values(order, na_position="last", kind="stable").drop_duplicates(keys)
     carried = list(dict.fromkeys(keys + on_cols))
     ok = ok[carried + ["score"]]
