@@ -95,6 +95,7 @@ def world(
     *,
     eval_rows: int | None = None,
     skew: dict[str, float] | None = None,
+    flip: dict[str, float] | None = None,
     label_missing: float = 0.0,
     **kw,
 ) -> World:
@@ -103,7 +104,9 @@ def world(
 
     ``skew[country]``: the served score of that country's rows is raised by that much (a
     serving bug; the replay keeps the model's score). ``label_missing``: the share of online
-    rows whose outcome never arrives (everywhere alike).
+    rows whose outcome never arrives (everywhere alike). ``flip[country]``: that share of the
+    country's rows, among those within 0.05 of the first threshold, is served just across it
+    (a decision-boundary bug: the decision flips, the score barely moves).
     """
     ev = draw(eval_rows or online_rows, seed * 2 + 1, id_offset=10**9)
     on = draw(online_rows, seed * 2 + 2, **kw)
@@ -114,6 +117,12 @@ def world(
     for name, shift in (skew or {}).items():
         here = (on["country"] == name) & (on["day"] >= kw.get("from_day", 0))
         served[here] = np.clip(served[here] + shift, 0, 1)
+    flip_rng = np.random.default_rng(seed + 77)
+    for name, share in (flip or {}).items():
+        t = THRESHOLDS[0]
+        near = np.flatnonzero((on["country"] == name) & (np.abs(served - t) < 0.05))
+        here = flip_rng.choice(near, size=int(round(share * (on["country"] == name).sum())), replace=False)
+        served[here] = np.where(served[here] >= t, t - 0.01, t + 0.01)
     keep = np.random.default_rng(seed + 99).random(online_rows) >= label_missing
     online = {k: on[k] for k in cols}
     online["score"] = served

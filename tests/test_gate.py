@@ -176,6 +176,20 @@ def test_a_modest_calibration_problem_in_a_small_slice_alerts_alone():
     assert {"ece", "positive_rate"} <= {f.metric for f in alerts}
 
 
+@pytest.mark.slow
+def test_a_decision_flip_bug_in_a_small_slice_gives_exactly_its_alerts():
+    """3% of a 2%-traffic country's decisions flipped at the first threshold (500,000 rows):
+    alerts there, as serving skew, one incident, nothing else."""
+    w = gw.world(500_000, seed=8, flip={"C09": 0.03})
+    bl = _baseline(w)
+    res = _check(bl, w, bootstrap=300)
+    alerts = [f for f in res.findings if f.status == "alert"]
+    assert {json.dumps(f.slice) for f in alerts} == {json.dumps({"country": "C09"})}, [(f.metric, f.slice) for f in alerts]
+    assert {f.cause for f in alerts} == {"serving_skew"}
+    assert ("flip_rate", gw.THRESHOLDS[0]) in {(f.metric, f.threshold) for f in alerts}
+    assert [(i["slice"], i["cause"]) for i in res.incidents] == [({"country": "C09"}, "serving_skew")]
+
+
 # ---------------------------------------------------------------- smaller defects
 def test_real_values_never_collide_with_the_sentinels():
     w = gw.world(20_000, seed=8)
