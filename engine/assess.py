@@ -89,18 +89,28 @@ def evidence(
     seed: int = 0,
     whole_run: bool = False,
     slice_keys: np.ndarray | None = None,
+    baseline_cache: dict | None = None,
 ) -> Evidence:
     """Measure the online and baseline grids, draw the replicates (``bootstrap`` > 0) and the
     drift statistics' null, and put it all in an :class:`Evidence`. ``whole_run`` adds the
     facts that belong to the whole run (duplicates, table-level data quality);
-    ``slice_keys`` key the draws of grids whose slices are not the layout's (derived ones)."""
+    ``slice_keys`` key the online draws of grids whose slices are not the layout's (derived
+    ones). ``baseline_cache``: a dict kept across calls with the same ``base``, ``bootstrap``
+    and ``seed`` (the time windows): the baseline's metrics and draws are made once, keyed
+    by the layout's own slices."""
     layout = ctx.layout
     fine = ME.fine_resolution(layout)
+    cache = {} if baseline_cache is None else baseline_cache
     online_vals = ME.measure(on, base, fine, layout)
-    baseline_vals = ME.measure(base, None, fine, layout)
+    if "values" not in cache:
+        cache["values"] = ME.measure(base, None, fine, layout)
+    baseline_vals = cache["values"]
     reps_on = reps_base = null = None
     if bootstrap > 0:
-        reps = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys).run(on, base)
+        boot = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys)
+        if baseline_cache is not None and "draws" not in cache:
+            cache["draws"] = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed).baseline_draws(base)
+        reps = boot.run(on, base, shared=cache.get("draws"))
         reps_on, reps_base = reps.online, reps.baseline
     null = drift_null(on, base, layout, max(bootstrap, 1), seed)
     events = {"online": (on.score[..., 0, :].sum(-1), on.score[..., 1, :].sum(-1))}

@@ -229,37 +229,69 @@ class CellBootstrap:
         return out
 
     # ------------------------------------------------------------------ all metrics
-    def run(self, online: Grids, baseline: Grids | None) -> Replicates:
+    def _chunk(self, coarse: Grids) -> int:
+        return self.chunk or int(np.clip(CHUNK_ELEMENTS // max(1, coarse.score.size), 20, 1000))
+
+    def baseline_draws(self, baseline: Grids) -> "BaselineDraws":
+        """The baseline's side of :meth:`run`, drawn once: checks of several online grids
+        against one baseline (the time windows) share it, as they share the baseline's
+        sample."""
+        layout, res = self.layout, self.coarse_res
+        c_base = self.coarsen(baseline)
+        fine, coarse = ME.measure(baseline, None, self.fine, layout), ME.measure(c_base, None, res, layout)
+        chunk = self._chunk(c_base)
+        stars = []
+        for r0 in range(0, self.B, chunk):
+            star = self.resample(c_base, ROLE_BASELINE, r0, min(chunk, self.B - r0))
+            stars.append((star, ME.measure(star, None, res, layout)))
+        return BaselineDraws(c_base, fine, coarse, chunk, stars)
+
+    def run(self, online: Grids, baseline: Grids | None, shared: "BaselineDraws | None" = None) -> Replicates:
         """Replicates of every metric of ``measure``, shifted onto the fine point estimates.
 
         Online metrics (drift included, which resamples both sides) come in
         ``Replicates.online``; the baseline's own performance metrics in ``.baseline``.
+        ``shared``: the baseline's draws from :meth:`baseline_draws` (of ``baseline``, with
+        this bootstrap's ``B``), reused instead of drawn again.
         """
         layout, res = self.layout, self.coarse_res
+        if baseline is not None and shared is None:
+            shared = self.baseline_draws(baseline)
         c_on = self.coarsen(online)
-        c_base = self.coarsen(baseline) if baseline is not None else None
+        c_base = shared.coarse if shared is not None else None
         fine_on = ME.measure(online, baseline, self.fine, layout)
         coarse_on = ME.measure(c_on, c_base, res, layout)
-        fine_base = ME.measure(baseline, None, self.fine, layout) if baseline is not None else {}
-        coarse_base = ME.measure(c_base, None, res, layout) if baseline is not None else {}
+        fine_base = shared.fine if shared is not None else {}
+        coarse_base = shared.coarse_values if shared is not None else {}
         reps_on: dict[MetricKey, list] = {k: [] for k in fine_on}
         reps_base: dict[MetricKey, list] = {k: [] for k in fine_base}
-        chunk = self.chunk or int(np.clip(CHUNK_ELEMENTS // max(1, c_on.score.size), 20, 1000))
-        for r0 in range(0, self.B, chunk):
+        chunk = shared.chunk if shared is not None else self._chunk(c_on)
+        for i, r0 in enumerate(range(0, self.B, chunk)):
             R = min(chunk, self.B - r0)
             star_on = self.resample(c_on, ROLE_ONLINE, r0, R)
-            star_base = self.resample(c_base, ROLE_BASELINE, r0, R) if c_base is not None else None
+            star_base, m_base = shared.stars[i] if shared is not None else (None, None)
             m_on = ME.measure(star_on, star_base, res, layout)
             for k in reps_on:
                 reps_on[k].append(m_on[k] - coarse_on[k][None] + fine_on[k][None])
-            if star_base is not None:
-                m_base = ME.measure(star_base, None, res, layout)
+            if m_base is not None:
                 for k in reps_base:
                     reps_base[k].append(m_base[k] - coarse_base[k][None] + fine_base[k][None])
         return Replicates(
             online={k: np.concatenate(v) for k, v in reps_on.items()},
             baseline={k: np.concatenate(v) for k, v in reps_base.items()},
         )
+
+
+@dataclass
+class BaselineDraws:
+    """The baseline's side of a :class:`CellBootstrap`: its coarse grids, metrics (fine and
+    coarse) and replicates, chunk by chunk (``stars``: grids and their metrics)."""
+
+    coarse: Grids
+    fine: dict
+    coarse_values: dict
+    chunk: int
+    stars: list
 
 
 # ---------------------------------------------------------------------- intervals
@@ -442,7 +474,13 @@ def rate_interval(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np
 
 
 def rate_difference_interval(
-    k_on: np.ndarray, n_on: np.ndarray, k_base: np.ndarray, n_base: np.ndarray, level: float = 0.95
+    k_on: np.ndarray,
+    n_on: np.ndarray,
+    k_base: np.ndarray,
+    n_base: np.ndarray,
+    level: float = 0.95,
+    *,
+    base_interval: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Interval of ``k_on / n_on - k_base / n_base`` for independent samples.
 
@@ -451,12 +489,13 @@ def rate_difference_interval(
         lo = d - sqrt((p_on - l_on)**2 + (u_base - p_base)**2)
         hi = d + sqrt((u_on - p_on)**2 + (p_base - l_base)**2)
 
-    NaN where either denominator is 0.
+    NaN where either denominator is 0. ``base_interval``: the baseline side's
+    :func:`rate_interval`, when the caller has it already.
     """
     k_on, n_on = np.rint(np.asarray(k_on, dtype=np.float64)), np.asarray(n_on, dtype=np.float64)
     k_base, n_base = np.rint(np.asarray(k_base, dtype=np.float64)), np.asarray(n_base, dtype=np.float64)
     l_on, u_on = rate_interval(k_on, n_on, level)
-    l_b, u_b = rate_interval(k_base, n_base, level)
+    l_b, u_b = rate_interval(k_base, n_base, level) if base_interval is None else base_interval
     with np.errstate(divide="ignore", invalid="ignore"):
         p_on = np.where(n_on > 0, k_on / np.where(n_on > 0, n_on, 1.0), np.nan)
         p_b = np.where(n_base > 0, k_base / np.where(n_base > 0, n_base, 1.0), np.nan)

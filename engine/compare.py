@@ -204,6 +204,7 @@ class Judge:
         self.z = NormalDist().inv_cdf(0.5 + config.ci_level / 2.0)
         self.labels = layout.slice_labels()
         self.thresholds = list(layout.thresholds)
+        self._rate_memo: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ public
     def findings(self, ev: Evidence) -> list[Finding]:
@@ -327,7 +328,6 @@ class Judge:
         if diff_reps is None:
             nan = np.full(value.shape, np.nan)
             return nan, nan, nan
-        lo, hi = percentile_interval(diff_reps, self.level)
         se = standard_error(diff_reps)
         name = key[0]
         null = None if ev.drift_null is None else ev.drift_null.replicates.get(key)
@@ -341,15 +341,27 @@ class Judge:
             q_lo, q_hi = percentile_interval(null, self.level)
             return value - q_hi, value - q_lo, standard_error(null)
         if name not in RATE_METRICS:
+            lo, hi = percentile_interval(diff_reps, self.level)
             return lo, hi, se
         if spec.family == "performance":
             base = value - diff
             n_base = np.asarray(ev.baseline_n[(name, "online", None)], dtype=np.float64)
-            lo, hi = rate_difference_interval(value * n, n, base * n_base, n_base, self.level)
+            lo, hi = rate_difference_interval(
+                value * n, n, base * n_base, n_base, self.level, base_interval=self._baseline_interval(base, n_base)
+            )
         else:
             lo, hi = rate_interval(value * n, n, self.level)
         # the p-value's standard error: the bootstrap's, never below the interval's width
         return lo, hi, np.fmax(se, (hi - lo) / (2 * self.z))
+
+    def _baseline_interval(self, rate: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`rate_interval` of the baseline's rates, remembered: the windows of a check
+        judge the same baseline again and again."""
+        k = np.rint(rate * n)
+        memo = (k.tobytes(), n.tobytes())
+        if memo not in self._rate_memo:
+            self._rate_memo[memo] = rate_interval(k, n, self.level)
+        return self._rate_memo[memo]
 
     def _baseline_n(self, key, spec: MetricSpec, shape: tuple, ev: Evidence) -> np.ndarray:
         """The baseline's denominator of each test (inf where the metric has none)."""
@@ -441,11 +453,12 @@ class Judge:
         for name in per_column:
             specs.append(("unseen_value_rate", flags[name], name.split(":", 1)[1]))
         tests = tests_due
-        for name, counts, column in specs:
-            spec = self._spec(name)
-            if spec is None:
-                continue
-            lo, hi = (np.asarray(x, dtype=np.float64) for x in rate_interval(counts, rows, self.level))  # all slices at once
+        specs = [(self._spec(name), counts, column) for name, counts, column in specs]
+        specs = [x for x in specs if x[0] is not None]
+        if specs:  # every slice of every metric in one call
+            k_all = np.stack([counts for _, counts, _ in specs])
+            lo_all, hi_all = (np.asarray(x, dtype=np.float64) for x in rate_interval(k_all, np.broadcast_to(rows, k_all.shape), self.level))
+        for (spec, counts, column), lo, hi in zip(specs, lo_all if specs else [], hi_all if specs else []):
             for s in range(len(rows)):
                 tests.append(self._rate_test(spec, s, counts[s], rows[s], column, rows[s] / total, (float(lo[s]), float(hi[s]))))
         spec = self._spec("duplicate_key_rate")

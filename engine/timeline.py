@@ -101,6 +101,7 @@ def judge_windows(acc: Accumulator, stats: Statistics, spec: WindowSpec, baselin
     horizon = cfg.label_horizon_seconds
     keys = inner.layout.slice_keys()
     findings: list[Finding] = []
+    baseline_cache: dict = {}  # one baseline for every window: measured and drawn once
     for k in range(spec.count):
         st = acc.window_statistics(stats, k)
         if st.rows == 0:
@@ -109,7 +110,7 @@ def judge_windows(acc: Accumulator, stats: Statistics, spec: WindowSpec, baselin
         start, end = spec.bounds(k)
         ev = evidence(
             grids, baseline, ctx_w, bootstrap=min(cfg.bootstrap, WINDOW_BOOTSTRAP), seed=cfg.seed,
-            slice_keys=keys ^ np.uint64(stable_key(f"window:{start}")),
+            slice_keys=keys ^ np.uint64(stable_key(f"window:{start}")), baseline_cache=baseline_cache,
         )
         young = horizon is not None and end > spec.latest - horizon
         label = window_label(spec, k)
