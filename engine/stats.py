@@ -68,6 +68,9 @@ VALUE2_BITS = 0
 
 #: Most cells one score grid may have (int64: 256 MiB; a thread keeps an int32 copy).
 MAX_GRID_CELLS = 1 << 25
+#: Most score-grid cells of the pass that accumulates all windows at once (more windows x
+#: slices are accumulated window by window).
+WINDOW_PASS_CELLS = 1 << 23
 #: Memory the accumulation threads' private score grids may take together.
 THREAD_GRID_BYTES = 2 << 30
 
@@ -231,7 +234,7 @@ class Statistics:
             np.add(a, other.raw[name], out=a)
             # every summed quantity except 'value' is non-negative and below 2**63 on each
             # side, so a wrap-around shows as a negative cell
-            if name != "value" and a.min(initial=0) < 0:
+            if name.rsplit("/", 1)[-1] != "value" and a.min(initial=0) < 0:
                 raise StatisticsError(f"Fixed-point overflow in the '{name}' statistics.")
         self.rows += other.rows
         return self
@@ -297,6 +300,7 @@ class Accumulator:
         paired: bool = False,
         with_value: bool = False,
         windows: "WindowSpec | None" = None,
+        window_blocks: int = 0,
     ) -> None:
         self.layout = layout
         self.kernels = kernels
@@ -304,16 +308,17 @@ class Accumulator:
         self.with_value = with_value
         self.windows = windows
         self.layout_id = layout.fingerprint() + ("" if windows is None else f"|{windows.key()}")
-        # per window, the judged slices only (the atoms serve the whole period's localisation)
-        self._per_window = (
-            None if windows is None
-            else Accumulator(dataclasses.replace(layout, atoms=()), kernels, paired=paired, with_value=with_value)
-        )
         self._dims = layout.stat_dims  # the judged dimensions, then the atoms
         # the fused kernels cross at most two columns in a dimension; a wider one (the atoms)
         # travels as one more, virtual, column whose index is the row's code in it
         self._virtual = [d for d in self._dims if len(d) > 2]
-        sizes = [layout.dim_size(d) for d in self._dims]
+        # ``window_blocks``: the pass that accumulates every window at once; each dimension
+        # is virtual, its code ``window * size + code`` (the population alone without slices)
+        self._window_blocks = window_blocks
+        if window_blocks:
+            self._dims = self._dims or [()]
+            self._virtual = list(self._dims)
+        sizes = [layout.dim_size(d) * max(1, window_blocks) for d in self._dims]
         self._n_raw = max(1, sum(sizes))
         self._whole_from = sizes[0] if sizes else 1
         self._dim_offsets = (
@@ -336,12 +341,36 @@ class Accumulator:
             f"pad:{c}" if c.startswith("\0") else f"unseen:{c}" for c in self._categorical
         )
         cells = self._n_raw * N_LABEL_STATES * self._n_fine
+        # per window, the judged slices only (the atoms serve the whole period's localisation)
+        self._per_window = self._window_pass = None
+        if windows is not None:
+            judged = dataclasses.replace(layout, atoms=())
+            self._per_window = Accumulator(judged, kernels, paired=paired, with_value=with_value)
+            inner = self._per_window
+            if inner._n_raw * windows.blocks * N_LABEL_STATES * self._n_fine <= WINDOW_PASS_CELLS:
+                self._window_pass = Accumulator(
+                    judged, kernels, paired=paired, with_value=with_value, window_blocks=windows.blocks
+                )
+                self._window_src, self._window_dq = self._window_pass._window_order(inner)
         if cells > MAX_GRID_CELLS:
             raise ConfigError(
                 f"The layout has {layout.n_slices:,} slices x {self._n_fine:,} score bins = {cells:,} cells "
                 f"per score grid, more than the {MAX_GRID_CELLS:,} parity keeps in memory. Lower 'top_k', "
                 "drop a cross, or slice by fewer columns."
             )
+
+    def _window_order(self, inner: "Accumulator") -> tuple[np.ndarray, list[int]]:
+        """Where the window pass (``self``) puts each (window, slice) cell of ``inner``'s
+        layout: ``src[w, s]``, the pass's slice of window ``w``'s slice ``s``; and the pass's
+        data-quality flags of ``inner``'s (the pass has a placeholder per virtual column)."""
+        blocks = self._window_blocks
+        src = np.empty((blocks, inner._n_raw), np.int64)
+        for d, dim in enumerate(self._dims):
+            size = self.layout.dim_size(dim)
+            start = int(inner._dim_offsets[d]) if inner._dims else 0
+            for w in range(blocks):
+                src[w, start : start + size] = self._dim_offsets[d] + w * size + np.arange(size)
+        return src, [self._dq_flags.index(f) for f in inner._dq_flags]
 
     # ------------------------------------------------------------------ shapes
     def _shapes(self) -> dict[str, tuple[int, ...]]:
@@ -385,8 +414,9 @@ class Accumulator:
         return Statistics(self.layout_id, self._n_raw, self._whole_from, raw, 0)
 
     # ------------------------------------------------------------------ one batch
-    def slice_codes(self, batch: pa.RecordBatch) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``(D, n)`` slice codes per dimension and the unseen-value mask per column."""
+    def slice_codes(self, batch: pa.RecordBatch, window: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(D, n)`` slice codes per dimension and the unseen-value mask per column
+        (``window``: each row's window block, for the window pass)."""
         n = batch.num_rows
         per_col: dict[str, np.ndarray] = {}
         unseen: dict[str, np.ndarray] = {}
@@ -397,6 +427,8 @@ class Accumulator:
             code = np.zeros(n, dtype=np.int64)
             for col in dim:
                 code = code * self.layout.slice_codes[col].size + per_col[col]
+            if window is not None:
+                code = window * self.layout.dim_size(dim) + code
             rows.append(code.astype(np.int32))
         if not rows:
             rows.append(np.zeros(n, dtype=np.int32))
@@ -406,22 +438,31 @@ class Accumulator:
         """Add one batch to ``stats`` in place (and return it)."""
         return stats.add_(self.batch_statistics(batch))
 
-    def batch_statistics(self, batch: pa.RecordBatch | pa.Table) -> Statistics:
-        """The statistics of one batch (O(cells) memory)."""
+    def batch_statistics(self, batch: pa.RecordBatch | pa.Table, window: np.ndarray | None = None) -> Statistics:
+        """The statistics of one batch (O(cells) memory); ``window``: each row's window
+        block (the window pass only)."""
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
         if getattr(self.kernels, "fused", False):
-            stats = self._batch_fused(batch)
+            stats = self._batch_fused(batch, window)
         else:
-            stats = self._batch_primitives(batch)
+            stats = self._batch_primitives(batch, window)
         if self._per_window is not None:
             self._add_windows(stats, batch)
         return stats
 
     def _add_windows(self, stats: Statistics, batch: pa.RecordBatch) -> None:
-        """Accumulate the batch's rows window by window into ``win/`` statistics."""
+        """Accumulate the batch's rows per window into ``win/`` statistics: in one more pass
+        over the batch, windows crossed into every dimension; where that many cells would not
+        fit, window by window."""
         spec, inner = self.windows, self._per_window
         w = spec.index(batch.column(spec.column))
+        if self._window_pass is not None:
+            sub = self._window_pass.batch_statistics(batch, window=w.astype(np.int64))
+            for name, arr in sub.raw.items():
+                win = arr[:, self._window_src]
+                stats.raw["win/" + name] = win[..., self._window_dq] if name == "dq" else win
+            return
         counts = np.bincount(w, minlength=spec.blocks)
         order = np.argsort(w, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)])
@@ -434,14 +475,14 @@ class Accumulator:
             for name, arr in sub.raw.items():
                 stats.raw["win/" + name][:, b] = arr
 
-    def _batch_primitives(self, batch: pa.RecordBatch) -> Statistics:
+    def _batch_primitives(self, batch: pa.RecordBatch, window: np.ndarray | None = None) -> Statistics:
         """Through the primitives (bin_index, histogram) and numpy: the slow reference path
         the fused kernels of both backends are tested against (``CpuKernels(fused=False)``)."""
         k = self.kernels
         n = batch.num_rows
         shapes = self._shapes()
         out: dict[str, np.ndarray] = {}
-        outer, unseen = self.slice_codes(batch)
+        outer, unseen = self.slice_codes(batch, window)
         offs = self._dim_offsets
 
         def hist(name: str, inner: np.ndarray, weights: np.ndarray | None = None, inner_size: int | None = None) -> None:
@@ -551,7 +592,7 @@ class Accumulator:
         counts = self.kernels.histogram(outer, self._dim_offsets, inner, N_LABEL_STATES, int(np.prod(shape[1:])), weights)
         return np.asarray(counts).reshape(shape)
 
-    def _batch_fused(self, batch: pa.RecordBatch) -> Statistics:
+    def _batch_fused(self, batch: pa.RecordBatch, window: np.ndarray | None = None) -> Statistics:
         """One pass over the rows: ``kernels.cpu_fused`` on the CPU, the backend's
         ``fused_accumulate`` (one CUDA kernel, ``kernels.cuda._fused``) on the GPU."""
         layout, n = self.layout, batch.num_rows
@@ -565,6 +606,8 @@ class Accumulator:
                 per_row = np.where(idx >= 0, lut[np.maximum(idx, 0)] if lut.size else null, null)
                 code = code * layout.slice_codes[c].size + per_row
             size = layout.dim_size(dim)
+            if window is not None:
+                code, size = window * size + code, size * self._window_blocks
             parts.append((code.astype(np.int32), np.arange(size, dtype=np.int32), np.zeros(size, bool)))
         cols = tuple(cols) + tuple(_virtual_name(d) for d in self._virtual)
         dmax = max([max(len(p[1]), 1) for p in parts], default=1)
@@ -578,7 +621,7 @@ class Accumulator:
             [layout.slice_codes[c].size - 1 if c in layout.slice_codes else 0 for c in cols], dtype=np.int32
         )
         if self._dims:
-            dims = [(_virtual_name(d),) if len(d) > 2 else d for d in self._dims]
+            dims = [(_virtual_name(d),) if d in self._virtual else d for d in self._dims]
             dim_a = np.array([cols.index(d[0]) for d in dims], np.int32)
             dim_b = np.array([cols.index(d[1]) if len(d) > 1 else -1 for d in dims], np.int32)
             dim_b_size = np.array([layout.slice_codes[d[1]].size if len(d) > 1 else 1 for d in dims], np.int64)

@@ -183,3 +183,38 @@ def test_fused_concurrent_callers_do_not_share_work_spaces(layout):
     with ThreadPoolExecutor(max_workers=4) as pool:
         together = list(pool.map(lambda t: acc.accumulate(t.to_batches()), tables))
     assert all(a.equal(b) for a, b in zip(alone, together))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_each_window_has_exactly_the_statistics_of_its_rows(layout, fused, one_pass, monkeypatch):
+    """The window pass (windows crossed into every dimension, one kernel call per batch) and
+    the window-by-window fallback both give each window the statistics of its own rows,
+    rows without a time in the last block; any batch size."""
+    import dataclasses
+
+    import engine.stats as S
+
+    if not one_pass:
+        monkeypatch.setattr(S, "WINDOW_PASS_CELLS", 0)
+    n = 4000
+    table = _table(n, 5, shift=0.02)
+    r = np.random.default_rng(6)
+    ts = pa.array(1_000_000 + r.integers(0, 5 * 3600, n), pa.int64()).cast(pa.timestamp("s"))
+    ts = pa.array(np.where(r.random(n) < 0.03, None, ts.to_pylist()), pa.timestamp("s"))
+    table = table.append_column("ts", ts)
+    spec = S.WindowSpec("ts", origin=1_000_000, width=3600, count=5)
+    kernels = CpuKernels(fused=fused)
+    acc = Accumulator(layout, kernels, paired=True, with_value=True, windows=spec)
+    assert (acc._window_pass is not None) == one_pass
+    stats = acc.accumulate(table.to_batches(max_chunksize=1500))
+    inner = Accumulator(dataclasses.replace(layout, atoms=()), kernels, paired=True, with_value=True)
+    w = spec.index(table["ts"])
+    for b in range(spec.blocks):
+        rows = np.flatnonzero(w == b)
+        assert rows.size  # every block has rows
+        expect = inner.accumulate(table.take(pa.array(rows)).to_batches())
+        got = acc.window_statistics(stats, b)
+        assert got.rows == rows.size
+        for name, arr in expect.raw.items():
+            np.testing.assert_array_equal(got.raw[name], arr, err_msg=f"window {b}, grid {name}")
