@@ -110,7 +110,7 @@ def evidence(
         boot = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys)
         if baseline_cache is not None and "draws" not in cache:
             cache["draws"] = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed).baseline_draws(base)
-        reps = boot.run(on, base, shared=cache.get("draws"))
+        reps = boot.run(on, base, shared=cache.get("draws"), fine_online=online_vals)
         reps_on, reps_base = reps.online, reps.baseline
     null = drift_null(on, base, layout, max(bootstrap, 1), seed)
     events = {"online": (on.score[..., 0, :].sum(-1), on.score[..., 1, :].sum(-1))}

@@ -246,20 +246,23 @@ class CellBootstrap:
             stars.append((star, ME.measure(star, None, res, layout)))
         return BaselineDraws(c_base, fine, coarse, chunk, stars)
 
-    def run(self, online: Grids, baseline: Grids | None, shared: "BaselineDraws | None" = None) -> Replicates:
+    def run(
+        self, online: Grids, baseline: Grids | None, shared: "BaselineDraws | None" = None, fine_online: dict | None = None
+    ) -> Replicates:
         """Replicates of every metric of ``measure``, shifted onto the fine point estimates.
 
         Online metrics (drift included, which resamples both sides) come in
         ``Replicates.online``; the baseline's own performance metrics in ``.baseline``.
         ``shared``: the baseline's draws from :meth:`baseline_draws` (of ``baseline``, with
-        this bootstrap's ``B``), reused instead of drawn again.
+        this bootstrap's ``B``), reused instead of drawn again; ``fine_online``: the online
+        metrics on the fine grid (``measure(online, baseline)``), when the caller has them.
         """
         layout, res = self.layout, self.coarse_res
         if baseline is not None and shared is None:
             shared = self.baseline_draws(baseline)
         c_on = self.coarsen(online)
         c_base = shared.coarse if shared is not None else None
-        fine_on = ME.measure(online, baseline, self.fine, layout)
+        fine_on = ME.measure(online, baseline, self.fine, layout) if fine_online is None else fine_online
         coarse_on = ME.measure(c_on, c_base, res, layout)
         fine_base = shared.fine if shared is not None else {}
         coarse_base = shared.coarse_values if shared is not None else {}
