@@ -38,21 +38,26 @@ def _findings(result) -> list[dict]:
 
 
 def main() -> None:
-    args = check_arguments(__doc__).parse_args()
+    ap = check_arguments(__doc__)
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="time the first runs (kernels already cached; for sizes where a warm-up costs too much)")
+    args = ap.parse_args()
 
     root, paths, gen_s, baseline_s = prepare(args.rows, args.eval_rows, Path(args.data))
+    print(f"{args.rows:,} rows: generated in {gen_s:.1f} s, baseline in {baseline_s:.1f} s", flush=True)
 
     def check(backend: str):
         return run_check(root / "baseline", paths["online"], offline=paths["offline"], outcomes=paths["outcomes"],
                          bootstrap=args.bootstrap, backend=backend)
 
-    results = {b: check(b) for b in ("cpu", "gpu")}  # warm-up: JIT, page cache
+    results = {} if args.no_warmup else {b: check(b) for b in ("cpu", "gpu")}  # warm-up: JIT, page cache
     times: dict[str, list[float]] = {"cpu": [], "gpu": []}
-    for _ in range(args.repeat):
+    for _ in range(max(1, args.repeat)):
         for backend in ("cpu", "gpu"):
             t = time.perf_counter()
             results[backend] = check(backend)
             times[backend].append(time.perf_counter() - t)
+            print(f"  {backend}: {times[backend][-1]:.2f} s", flush=True)
 
     cpu, gpu = results["cpu"], results["gpu"]
     agree = {
