@@ -90,6 +90,7 @@ def evidence(
     whole_run: bool = False,
     slice_keys: np.ndarray | None = None,
     baseline_cache: dict | None = None,
+    need: ME.Need = ME.ALL,
 ) -> Evidence:
     """Measure the online and baseline grids, draw the replicates (``bootstrap`` > 0) and the
     drift statistics' null, and put it all in an :class:`Evidence`. ``whole_run`` adds the
@@ -97,22 +98,24 @@ def evidence(
     ``slice_keys`` key the online draws of grids whose slices are not the layout's (derived
     ones). ``baseline_cache``: a dict kept across calls with the same ``base``, ``bootstrap``
     and ``seed`` (the time windows): the baseline's metrics and draws are made once, keyed
-    by the layout's own slices."""
+    by the layout's own slices. ``need``: only the metric groups it asks for (localisation's
+    remainders)."""
     layout = ctx.layout
     fine = ME.fine_resolution(layout)
     cache = {} if baseline_cache is None else baseline_cache
-    online_vals = ME.measure(on, base, fine, layout)
+    online_vals = ME.measure(on, base, fine, layout, need)
     if "values" not in cache:
-        cache["values"] = ME.measure(base, None, fine, layout)
+        cache["values"] = ME.measure(base, None, fine, layout, need.of_baseline())
     baseline_vals = cache["values"]
     reps_on = reps_base = null = None
     if bootstrap > 0:
         boot = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys)
         if baseline_cache is not None and "draws" not in cache:
             cache["draws"] = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed).baseline_draws(base)
-        reps = boot.run(on, base, shared=cache.get("draws"), fine_online=online_vals)
+        reps = boot.run(on, base, shared=cache.get("draws"), fine_online=online_vals, need=need)
         reps_on, reps_base = reps.online, reps.baseline
-    null = drift_null(on, base, layout, max(bootstrap, 1), seed)
+    drift = need.drift("score") or need.any_feature()
+    null = drift_null(on, base, layout, max(bootstrap, 1), seed) if drift else None
     events = {"online": (on.score[..., 0, :].sum(-1), on.score[..., 1, :].sum(-1))}
     offline_drift = {}
     if ctx.has_offline:
@@ -169,8 +172,9 @@ def assess(sides: Sides, ctx: Context, windowed: tuple | None = None) -> Assessm
     findings = judge.findings(ev)
     loc: Localisation = localise(
         findings, sides.online, sides.baseline, ctx.layout, cfg,
-        lambda d_on, d_base, keys: evidence(
-            d_on, d_base, ctx, bootstrap=min(cfg.bootstrap, LOCALISATION_BOOTSTRAP), seed=cfg.seed, slice_keys=keys
+        lambda d_on, d_base, keys, need: evidence(
+            d_on, d_base, ctx, bootstrap=min(cfg.bootstrap, LOCALISATION_BOOTSTRAP), seed=cfg.seed, slice_keys=keys,
+            need=need,
         ),
     )
     rows = np.asarray(on.dq[:, 0], dtype=np.float64)

@@ -201,28 +201,31 @@ class CellBootstrap:
         ll = self._sum_star(count, c, calib["ll"], calib["ll2"], z * sign)
         return {"count": count, "p": p, "p2": p2, "ll": ll}
 
-    def resample(self, g: Grids, role: int, rep_start: int, n_reps: int) -> Grids:
-        """``n_reps`` replicates of coarse grids ``g``, with a leading replicate axis."""
+    def resample(self, g: Grids, role: int, rep_start: int, n_reps: int, need: ME.Need = ME.ALL) -> Grids:
+        """``n_reps`` replicates of coarse grids ``g``, with a leading replicate axis (of the
+        grids the metrics ``need`` asks for read; each cell's draw is the same either way)."""
         sk, r0, R = self.slice_keys, rep_start, n_reps
         score = self._poisson(g.score, cell_keys(sk, "score", g.score.shape[1:]), role, r0, R)
         out = Grids(
             score=score,
-            calib=self._calib_star(score, g.calib, "calib", role, r0, R),
+            calib=self._calib_star(score, g.calib, "calib", role, r0, R) if need.performance("online") else None,
             features=[
                 self._poisson(f, cell_keys(sk, "feature", f.shape[1:], sub=j), role, r0, R)
+                if need.drift(self.layout.features[j].name) else None
                 for j, f in enumerate(g.features)
             ],
         )
-        if g.offline is not None:
+        if g.offline is not None and need.performance("offline"):
             off = self._poisson(g.offline, cell_keys(sk, "offline", g.offline.shape[1:]), role, r0, R)
             out.offline = off
             out.calib_off = self._calib_star(off, g.calib_off, "calib_off", role, r0, R)
+        if g.offline is not None and need.skew():
             out.joint = self._poisson(g.joint, cell_keys(sk, "joint", g.joint.shape[1:]), role, r0, R)
             dkeys = cell_keys(sk, "delta", g.delta[0].shape[1:])
             n_star = self._poisson(g.delta[0], dkeys, role, r0, R)
             z = self._normal(dkeys, role, r0, R)
             out.delta = (n_star, self._sum_star(n_star, *g.delta, z), None)
-        if g.value is not None:
+        if g.value is not None and need.performance("online"):
             vkeys = cell_keys(sk, "value", g.value[0].shape[1:])
             n_star = self._poisson(g.value[0], vkeys, role, r0, R)
             out.value = (n_star, self._sum_star(n_star, *g.value, self._normal(vkeys, role, r0, R)), None)
@@ -232,22 +235,30 @@ class CellBootstrap:
     def _chunk(self, coarse: Grids) -> int:
         return self.chunk or int(np.clip(CHUNK_ELEMENTS // max(1, coarse.score.size), 20, 1000))
 
-    def baseline_draws(self, baseline: Grids) -> "BaselineDraws":
+    def baseline_draws(self, baseline: Grids, need: ME.Need = ME.ALL) -> "BaselineDraws":
         """The baseline's side of :meth:`run`, drawn once: checks of several online grids
         against one baseline (the time windows) share it, as they share the baseline's
         sample."""
         layout, res = self.layout, self.coarse_res
         c_base = self.coarsen(baseline)
-        fine, coarse = ME.measure(baseline, None, self.fine, layout), ME.measure(c_base, None, res, layout)
+        # the drift metrics need the baseline's replicate grids; its own metrics, performance
+        base_need = need.of_baseline()
+        fine = ME.measure(baseline, None, self.fine, layout, base_need)
+        coarse = ME.measure(c_base, None, res, layout, base_need)
         chunk = self._chunk(c_base)
         stars = []
         for r0 in range(0, self.B, chunk):
-            star = self.resample(c_base, ROLE_BASELINE, r0, min(chunk, self.B - r0))
-            stars.append((star, ME.measure(star, None, res, layout)))
+            star = self.resample(c_base, ROLE_BASELINE, r0, min(chunk, self.B - r0), _union(need, base_need))
+            stars.append((star, ME.measure(star, None, res, layout, base_need)))
         return BaselineDraws(c_base, fine, coarse, chunk, stars)
 
     def run(
-        self, online: Grids, baseline: Grids | None, shared: "BaselineDraws | None" = None, fine_online: dict | None = None
+        self,
+        online: Grids,
+        baseline: Grids | None,
+        shared: "BaselineDraws | None" = None,
+        fine_online: dict | None = None,
+        need: ME.Need = ME.ALL,
     ) -> Replicates:
         """Replicates of every metric of ``measure``, shifted onto the fine point estimates.
 
@@ -255,15 +266,16 @@ class CellBootstrap:
         ``Replicates.online``; the baseline's own performance metrics in ``.baseline``.
         ``shared``: the baseline's draws from :meth:`baseline_draws` (of ``baseline``, with
         this bootstrap's ``B``), reused instead of drawn again; ``fine_online``: the online
-        metrics on the fine grid (``measure(online, baseline)``), when the caller has them.
+        metrics on the fine grid (``measure(online, baseline)``), when the caller has them;
+        ``need``: only the metric groups it asks for (``shared`` drawn for at least those).
         """
         layout, res = self.layout, self.coarse_res
         if baseline is not None and shared is None:
-            shared = self.baseline_draws(baseline)
+            shared = self.baseline_draws(baseline, need)
         c_on = self.coarsen(online)
         c_base = shared.coarse if shared is not None else None
-        fine_on = ME.measure(online, baseline, self.fine, layout) if fine_online is None else fine_online
-        coarse_on = ME.measure(c_on, c_base, res, layout)
+        fine_on = ME.measure(online, baseline, self.fine, layout, need) if fine_online is None else fine_online
+        coarse_on = ME.measure(c_on, c_base, res, layout, need)
         fine_base = shared.fine if shared is not None else {}
         coarse_base = shared.coarse_values if shared is not None else {}
         reps_on: dict[MetricKey, list] = {k: [] for k in fine_on}
@@ -271,9 +283,9 @@ class CellBootstrap:
         chunk = shared.chunk if shared is not None else self._chunk(c_on)
         for i, r0 in enumerate(range(0, self.B, chunk)):
             R = min(chunk, self.B - r0)
-            star_on = self.resample(c_on, ROLE_ONLINE, r0, R)
+            star_on = self.resample(c_on, ROLE_ONLINE, r0, R, need)
             star_base, m_base = shared.stars[i] if shared is not None else (None, None)
-            m_on = ME.measure(star_on, star_base, res, layout)
+            m_on = ME.measure(star_on, star_base, res, layout, need)
             for k in reps_on:
                 reps_on[k].append(m_on[k] - coarse_on[k][None] + fine_on[k][None])
             if m_base is not None:
@@ -283,6 +295,10 @@ class CellBootstrap:
             online={k: np.concatenate(v) for k, v in reps_on.items()},
             baseline={k: np.concatenate(v) for k, v in reps_base.items()},
         )
+
+
+def _union(a: ME.Need, b: ME.Need) -> ME.Need:
+    return ME.ALL if a.keys is None or b.keys is None else ME.Need(a.keys | b.keys)
 
 
 @dataclass

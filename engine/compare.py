@@ -207,9 +207,10 @@ class Judge:
         self._rate_memo: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ public
-    def findings(self, ev: Evidence) -> list[Finding]:
+    def findings(self, ev: Evidence, window: dict[str, str] | None = None) -> list[Finding]:
+        """The findings of ``ev`` (of time window ``window``, when it is one), sorted."""
         tests = self.judged_tests(ev)
-        out = [self._finding(t) for t in tests if not t.duplicate]
+        out = [self._finding(t, window) for t in tests if not t.duplicate]
         out.sort(key=Finding.sort_key)
         return out
 
@@ -633,7 +634,7 @@ class Judge:
         return bool(spec.tolerance_spec.beyond(v - expected, expected))
 
     # ------------------------------------------------------------------ output
-    def _finding(self, t: _Test) -> Finding:
+    def _finding(self, t: _Test, window: dict[str, str] | None = None) -> Finding:
         ci = None
         if math.isfinite(t.lo) and math.isfinite(t.hi) and not t.insufficient:
             ci = [_clean(t.lo), _clean(t.hi)]
@@ -642,7 +643,7 @@ class Judge:
             metric=t.key[0],
             scores=t.key[1],
             slice=self.labels[t.s],
-            window=None,
+            window=window,
             feature=t.feature,
             threshold=t.threshold,
             value=value,

@@ -43,6 +43,7 @@ from engine.catalogue import METRICS, Tolerance
 from engine.compare import Finding, Judge
 from engine.config import Config
 from engine.encode import Layout, stable_key
+from engine import measure as ME
 from engine.measure import Grids
 
 FLAGGED = ("alert", "warn")
@@ -185,7 +186,7 @@ def localise(
 ) -> Localisation:
     """Decide which flagged findings overlapping slices (or the population) explain.
 
-    ``evidence_for(on, base, slice_keys)`` builds the :class:`Evidence` of derived grids
+    ``evidence_for(on, base, slice_keys, need)`` builds the :class:`Evidence` of derived grids
     (the pipeline's own recipe, with a smaller bootstrap keyed by the remainders' meaning),
     so remainders are measured and judged as slices are.
 
@@ -248,8 +249,10 @@ def localise(
             break
         judged_pairs += len(queries)
         need_dq = any(_kind(f) == "data_quality" for f, _, _ in asks)
+        # the metrics asked about, and nothing else, are measured on the remainders
+        need = ME.Need(frozenset((f.metric, f.scores, f.feature) for f, _, _ in asks if _kind(f) == "model"))
         excess, quiet, removed = _judge_remainders(
-            queries, rem, online, baseline, layout, config, evidence_for, need_dq
+            queries, rem, online, baseline, layout, config, evidence_for, need_dq, need
         )
         options: dict[str, list[tuple[Finding, float, float, bool]]] = {}
         for f, c, q in asks:
@@ -331,7 +334,15 @@ def _table_level(f: Finding) -> bool:
 
 
 def _judge_remainders(
-    queries, rem: Remainders, online: SliceCells, baseline: SliceCells, layout, config, evidence_for, need_dq: bool = True
+    queries,
+    rem: Remainders,
+    online: SliceCells,
+    baseline: SliceCells,
+    layout,
+    config,
+    evidence_for,
+    need_dq: bool = True,
+    need: ME.Need | None = None,
 ):
     """Judge each planned remainder, like a slice.
 
@@ -360,7 +371,8 @@ def _judge_remainders(
         # without the baseline's atoms, an intersection cannot be taken out of it: the
         # remainder is compared with the baseline's whole slice (documented approximation)
         base = derive(baseline, plus, minus_j, None)
-    ev = evidence_for(on, base, np.array([stable_key(json.dumps(["remainder", *k])) for k in keys], dtype=np.uint64))
+    keyed = np.array([stable_key(json.dumps(["remainder", *k])) for k in keys], dtype=np.uint64)
+    ev = evidence_for(on, base, keyed, ME.ALL if need is None else need)
     judge = Judge(layout, config)
     tests = judge._metric_tests(ev) + (judge._dq_tests(ev) if need_dq else [])
     rows_all = np.asarray(online.judged.dq[:, 0], dtype=np.float64)

@@ -144,8 +144,42 @@ def _feature_values_only(counts, layout_feature) -> Any:
     return counts[..., :-1] if layout_feature.kind == "numeric" else counts
 
 
-def measure(online: Grids, baseline: Grids | None, res: Resolution, layout: Layout) -> dict[MetricKey, Any]:
-    """Every metric the inputs allow, as arrays over (..., S[, T])."""
+@dataclass(frozen=True)
+class Need:
+    """Which groups of metrics a measurement needs: all of them (``keys`` None), or those
+    holding one of ``keys`` (metric keys). Localisation judges remainders on the few metrics
+    that moved, and skips measuring (and resampling) the rest."""
+
+    keys: frozenset | None = None
+
+    def performance(self, scores: str) -> bool:
+        return self.keys is None or any(k[1] == scores for k in self.keys)
+
+    def skew(self) -> bool:
+        return self.keys is None or any(k[1] is None and k[2] is None for k in self.keys)
+
+    def drift(self, column: str) -> bool:
+        return self.keys is None or any(k[1] is None and k[2] == column for k in self.keys)
+
+    def any_feature(self) -> bool:
+        return self.keys is None or any(k[1] is None and k[2] not in (None, "score") for k in self.keys)
+
+    def of_baseline(self) -> "Need":
+        """What the baseline's own measurement needs: its served-score performance for any
+        performance metric (the replay's expectations are the baseline's)."""
+        if self.keys is None:
+            return self
+        return Need(frozenset(self.keys | {(k[0], "online", k[2]) for k in self.keys if k[1] == "offline"}))
+
+
+ALL = Need()
+
+
+def measure(
+    online: Grids, baseline: Grids | None, res: Resolution, layout: Layout, need: Need = ALL
+) -> dict[MetricKey, Any]:
+    """Every metric the inputs allow (of the groups ``need`` asks for), as arrays over
+    (..., S[, T])."""
     out: dict[MetricKey, Any] = {}
 
     def side(score, calib, value, scores: str) -> None:
@@ -156,13 +190,15 @@ def measure(online: Grids, baseline: Grids | None, res: Resolution, layout: Layo
         for name, arr in perf.items():
             out[(name, scores, None)] = arr
 
-    side(online.score, online.calib, online.value, "online")
-    if online.offline is not None:
+    if online.calib is not None and need.performance("online"):
+        side(online.score, online.calib, online.value, "online")
+    if online.offline is not None and online.calib_off is not None and need.performance("offline"):
         side(online.offline, online.calib_off, None, "offline")
+    if online.joint is not None and need.skew():
         skew = M.skew_metrics(online.joint, res.n_thresholds, online.delta[0], online.delta[1].sum(-1), res.delta_edges)
         for name, arr in skew.items():
             out[(name, None, None)] = arr
-    if baseline is not None:
+    if baseline is not None and need.drift("score"):
         on_score, base_score = online.score.sum(-2), baseline.score.sum(-2)
         drift = M.score_drift(on_score, base_score, res.score_edges, res.decile_map)
         n_js = int(res.js_map.max()) + 1
@@ -171,7 +207,10 @@ def measure(online: Grids, baseline: Grids | None, res: Resolution, layout: Layo
         )
         for name, arr in drift.items():
             out[(name, None, "score")] = arr
+    if baseline is not None:
         for j, f in enumerate(layout.features):
+            if not need.drift(f.name):
+                continue
             on, base = online.features[j], baseline.features[j]
             n_psi = int(res.feature_psi_maps[j].max()) + 1
             on_psi = M.aggregate_bins(on, res.feature_psi_maps[j], n_psi)

@@ -40,7 +40,7 @@ import numpy as np
 
 from engine import measure as ME
 from engine.catalogue import METRICS, Tolerance
-from engine.compare import Finding, Judge, finding_id
+from engine.compare import Finding, Judge
 from engine.encode import stable_key
 from engine.stats import Accumulator, Statistics, WindowSpec
 
@@ -114,9 +114,7 @@ def judge_windows(acc: Accumulator, stats: Statistics, spec: WindowSpec, baselin
         )
         young = horizon is not None and end > spec.latest - horizon
         label = window_label(spec, k)
-        for f in judge.findings(ev):
-            f.window = label
-            f.id = finding_id(f.metric, f.scores, f.slice, f.window, f.feature, f.threshold)
+        for f in judge.findings(ev, window=label):
             if young and label_based(f.metric):
                 f.status, f.cause, f.p_value, f.ci = "insufficient_data", None, None, None
                 f.reason = (
