@@ -26,7 +26,7 @@ from engine.unit_bootstrap import UnitAccumulator, UnitSpec, take_replicates
 from kernels.cpu import CpuKernels
 from kernels.cuda import CudaKernels
 from test_accumulate_paths import _table, build_layout
-from test_cli import parity, usage_error
+from test_cli import parity, python_c, usage_error
 
 CPU = CpuKernels()
 KEY = ("positive_rate", "online", None)
@@ -229,3 +229,20 @@ def test_cli_records_the_unit(world, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())["run"]["bootstrap_unit"] == "user_id"
 
+
+
+def test_the_cpu_warns_once_on_stderr(world):
+    """Past ``UNIT_COST_WARN`` row-replicates the CPU run prints one warning with the cost
+    (not one per batch), and the run goes on."""
+    root, sc, _ = world
+    code = (
+        "import sys, kernels.cpu as k; k.UNIT_COST_WARN = 1000; from engine.cli import app; "
+        "sys.argv = ['parity'] + sys.argv[1:]; app()"
+    )
+    proc = python_c(code, "check", "--baseline", root / "bl", "--online", root / "online.parquet",
+                    "--bootstrap", "20", "--bootstrap-unit", "user_id", "--fail-on", "never", "--quiet",
+                    "--backend", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if "unit-level bootstrap" in x]
+    assert len(lines) == 1 and "parity: warning:" in lines[0], proc.stderr
+    assert "6,000 rows x 20 replicates" in lines[0]
