@@ -23,6 +23,7 @@ from engine.expectation import build_baseline
 from engine.pipeline import run_check
 from engine.synthetic import generate
 from engine.unit_bootstrap import UnitAccumulator, UnitSpec, take_replicates
+from kernels import gpu_problem
 from kernels.cpu import CpuKernels
 from kernels.cuda import CudaKernels
 from test_accumulate_paths import _table, build_layout
@@ -76,6 +77,7 @@ def test_row_cells_are_the_coarse_grids(layout, paired, with_value):
         assert np.array_equal(unit.value[0][0], coarse.value[0])
 
 
+@pytest.mark.cudasim
 def test_gpu_counts_equal_the_cpu(layout):
     """The CUDA kernel (the simulator here) gives the CPU's replicate counts bit for bit."""
     batch = _with_users(_table(60, 4), 7).to_batches()[0]
@@ -246,3 +248,38 @@ def test_the_cpu_warns_once_on_stderr(world):
     lines = [x for x in proc.stderr.splitlines() if "unit-level bootstrap" in x]
     assert len(lines) == 1 and "parity: warning:" in lines[0], proc.stderr
     assert "6,000 rows x 20 replicates" in lines[0]
+
+
+@pytest.mark.cudasim
+@pytest.mark.skipif(gpu_problem() is not None, reason="no CUDA device or simulator")
+def test_the_check_gives_identical_replicates_on_both_backends(monkeypatch):
+    """``--bootstrap-unit`` end to end on the GPU backend (the simulator here: its fused
+    accumulation, device join and unit kernel) and on the CPU: identical unit-level
+    replicate counts and findings."""
+    import engine.pipeline
+    from test_backends import _tables
+
+    taken = []
+
+    def take(stats, layout):
+        taken.append(take_replicates(stats, layout))
+        return taken[-1]
+
+    monkeypatch.setattr(engine.pipeline, "take_replicates", take)
+
+    evaluation, online, offline, outcomes = _tables(300)
+    # few online rows and replicates: the simulator runs an atomic add in about a millisecond
+    online = online.slice(0, 60)
+    online = online.append_column("user", pa.array(online.column("request_id").to_numpy() // 4))
+    config = Config(slices=["country"], features={"f1": "numeric", "channel": "categorical"}, thresholds=[0.3, 0.6])
+    bl = build_baseline(evaluation, config, backend="cpu")
+    kwargs = dict(offline=offline, outcomes=outcomes, bootstrap=6, seed=3, bootstrap_unit="user")
+    a = run_check(bl, online, backend="cpu", **kwargs)
+    b = run_check(bl, online, backend="gpu", **kwargs)
+    assert b.run["backend"] == "gpu" and b.run["bootstrap_unit"] == "user"
+    assert [f.to_dict() for f in a.findings] == [f.to_dict() for f in b.findings]
+    cpu, gpu = taken
+    for name in ("score", "offline", "joint"):
+        assert np.array_equal(getattr(cpu, name), getattr(gpu, name)) and getattr(cpu, name).sum() > 0
+    assert np.array_equal(cpu.delta[0], gpu.delta[0])
+    assert all(np.array_equal(x, y) for x, y in zip(cpu.features, gpu.features)) and len(cpu.features) == 2
