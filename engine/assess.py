@@ -78,6 +78,9 @@ class Context:
     duplicate_online: int = 0
     online_rows: int = 0
     table_quality: dict = field(default_factory=dict)
+    #: The unit-level bootstrap's online replicate counts (``engine.unit_bootstrap``), used
+    #: for the whole period's judged slices; None: the cell-level bootstrap.
+    unit_replicates: Any = None
 
 
 def evidence(
@@ -109,7 +112,8 @@ def evidence(
     baseline_vals = cache["values"]
     reps_on = reps_base = null = None
     if bootstrap > 0:
-        boot = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys)
+        unit = ctx.unit_replicates if whole_run else None  # windows, localisation: cell-level
+        boot = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys, unit=unit)
         if baseline_cache is not None and "draws" not in cache:
             cache["draws"] = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed).baseline_draws(base)
         reps = boot.run(on, base, shared=cache.get("draws"), fine_online=online_vals, need=need)
@@ -145,6 +149,7 @@ def evidence(
         baseline_events=(base.score[..., 0, :].sum(-1), base.score[..., 1, :].sum(-1)),
         drift_null=null,
         global_dq=ctx.table_quality if whole_run else {},
+        unit_level=bootstrap > 0 and whole_run and ctx.unit_replicates is not None,
     )
 
 

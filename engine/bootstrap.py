@@ -37,8 +37,15 @@ Choices, documented:
   tail within 2.5 +- 1 % there (measured 2.0-2.9 % with 20 or more events; with fewer, the
   binomial's discreteness makes any equal-tailed interval oscillate). They are the intervals
   to use for ``RATE_METRICS`` under the cell (row-level) bootstrap; the replicates still give
-  the standard error of the p-values. (They assume independent rows: the unit-level
-  bootstrap of correlated rows keeps its percentile intervals.)
+  the standard error of the p-values. (They assume independent rows: under the unit-level
+  bootstrap of correlated rows the judge widens them to the percentile interval.)
+* **Unit-level bootstrap** (``--bootstrap-unit COL``, ``engine.unit_bootstrap``): the online
+  side's replicate counts ``n*`` of every coarse grid come from the rows' unit weights,
+  accumulated while the rows streamed (``unit``), instead of independent Poisson(n) draws
+  per cell; everything downstream (calibration counts from the score counts, sums inside a
+  cell conditional on ``n*``, the shift onto the fine estimates) is unchanged. The sums'
+  within-cell noise ``Z`` stays independent per cell: the clustering is carried by the
+  counts. The baseline side, whose rows a check does not see, keeps the cell-level draws.
 """
 
 from __future__ import annotations
@@ -115,6 +122,12 @@ class CellBootstrap:
         Replicates drawn at once; by default as many as keep about ``CHUNK_ELEMENTS`` cell
         draws per grid in memory (few large calls: each parallel kernel launch has a fixed
         cost).
+    slice_keys : (S,) uint64, optional
+        The meaning of each slice of the grids (default: the layout's slices).
+    unit : Grids, optional
+        The unit-level bootstrap's online replicate counts of the coarse grids, ``(B, S,
+        ...)`` (``engine.unit_bootstrap.take_replicates``): the online side's ``n*`` are
+        taken from them instead of drawn.
     """
 
     def __init__(
@@ -126,6 +139,7 @@ class CellBootstrap:
         seed: int = 0,
         chunk: int | None = None,
         slice_keys: np.ndarray | None = None,
+        unit: Grids | None = None,
     ) -> None:
         self.layout = layout
         self.kernels = kernels
@@ -145,6 +159,9 @@ class CellBootstrap:
         self._n_delta_coarse = int(self._delta_map.max()) + 1
         # the meaning of each slice on the grids' slice axis (derived slices bring their own)
         self.slice_keys = layout.slice_keys() if slice_keys is None else np.asarray(slice_keys, dtype=np.uint64)
+        self.unit = unit
+        if unit is not None and unit.score.shape[0] != self.B:
+            raise ValueError(f"The unit-level replicate counts hold {unit.score.shape[0]} replicates, not B = {self.B}.")
 
     # ------------------------------------------------------------------ coarse point
     def coarsen(self, g: Grids) -> Grids:
@@ -171,6 +188,16 @@ class CellBootstrap:
             self.seed, role, keys.reshape(-1), counts.reshape(-1), rep_start, n_reps
         )
         return draws.reshape((n_reps,) + counts.shape)
+
+    def _counts(self, counts: np.ndarray, keys: np.ndarray, role: int, r0: int, R: int, unit: np.ndarray | None) -> np.ndarray:
+        """The replicates' counts ``n*`` of a grid: the unit-level ones of the online side
+        when there are any, else Poisson(n) per cell."""
+        if unit is None or role != ROLE_ONLINE:
+            return self._poisson(counts, keys, role, r0, R)
+        star = unit[r0 : r0 + R]
+        if star.shape[1:] != counts.shape:
+            raise ValueError(f"Unit-level replicate counts of shape {star.shape[1:]} for a grid of shape {counts.shape}.")
+        return star
 
     def _normal(self, keys: np.ndarray, role: int, rep_start: int, n_reps: int) -> np.ndarray:
         z = self.kernels.normal_cells(self.seed, role, keys.reshape(-1), rep_start, n_reps)
@@ -205,29 +232,40 @@ class CellBootstrap:
         """``n_reps`` replicates of coarse grids ``g``, with a leading replicate axis (of the
         grids the metrics ``need`` asks for read; each cell's draw is the same either way)."""
         sk, r0, R = self.slice_keys, rep_start, n_reps
-        score = self._poisson(g.score, cell_keys(sk, "score", g.score.shape[1:]), role, r0, R)
+        u = self.unit if role == ROLE_ONLINE else None
+
+        def unit(name: str, j: int | None = None) -> np.ndarray | None:
+            # the online side's unit-level counts of a grid (a grid without them is a bug)
+            if u is None:
+                return None
+            arr = getattr(u, name)
+            if arr is None:
+                raise ValueError(f"The unit-level replicate counts lack the '{name}' grid.")
+            return arr[j] if j is not None else arr
+
+        score = self._counts(g.score, cell_keys(sk, "score", g.score.shape[1:]), role, r0, R, unit("score"))
         out = Grids(
             score=score,
             calib=self._calib_star(score, g.calib, "calib", role, r0, R) if need.performance("online") else None,
             features=[
-                self._poisson(f, cell_keys(sk, "feature", f.shape[1:], sub=j), role, r0, R)
+                self._counts(f, cell_keys(sk, "feature", f.shape[1:], sub=j), role, r0, R, unit("features", j))
                 if need.drift(self.layout.features[j].name) else None
                 for j, f in enumerate(g.features)
             ],
         )
         if g.offline is not None and need.performance("offline"):
-            off = self._poisson(g.offline, cell_keys(sk, "offline", g.offline.shape[1:]), role, r0, R)
+            off = self._counts(g.offline, cell_keys(sk, "offline", g.offline.shape[1:]), role, r0, R, unit("offline"))
             out.offline = off
             out.calib_off = self._calib_star(off, g.calib_off, "calib_off", role, r0, R)
         if g.offline is not None and need.skew():
-            out.joint = self._poisson(g.joint, cell_keys(sk, "joint", g.joint.shape[1:]), role, r0, R)
+            out.joint = self._counts(g.joint, cell_keys(sk, "joint", g.joint.shape[1:]), role, r0, R, unit("joint"))
             dkeys = cell_keys(sk, "delta", g.delta[0].shape[1:])
-            n_star = self._poisson(g.delta[0], dkeys, role, r0, R)
+            n_star = self._counts(g.delta[0], dkeys, role, r0, R, unit("delta", 0))
             z = self._normal(dkeys, role, r0, R)
             out.delta = (n_star, self._sum_star(n_star, *g.delta, z), None)
         if g.value is not None and need.performance("online"):
             vkeys = cell_keys(sk, "value", g.value[0].shape[1:])
-            n_star = self._poisson(g.value[0], vkeys, role, r0, R)
+            n_star = self._counts(g.value[0], vkeys, role, r0, R, unit("value", 0))
             out.value = (n_star, self._sum_star(n_star, *g.value, self._normal(vkeys, role, r0, R)), None)
         return out
 

@@ -83,6 +83,7 @@ def _plan_identity(job: BucketJob, baseline_id: str) -> dict[str, Any]:
         "with_value": job.with_value,
         "partition_column": job.partition_column,
         "windows": None if job.windows is None else job.windows.key(),
+        "unit": None if job.unit is None else job.unit.key(),
         "schemas": {s: str(sc) for s, sc in sorted(job.schemas.items())},
     }
 

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Optional
@@ -226,6 +227,7 @@ def check_cmd(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Record progress in this directory; a killed run started again with the same arguments resumes.")] = None,
     bootstrap: Annotated[Optional[int], typer.Option("--bootstrap", help="Bootstrap replicates (0: none).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Bootstrap seed.")] = None,
+    bootstrap_unit: Annotated[Optional[str], typer.Option("--bootstrap-unit", help="Online column of the unit of correlated rows (a user id): bootstrap units, not rows (cost: rows x replicates).")] = None,
     config: Annotated[Optional[str], typer.Option("--config", help="YAML config file.")] = None,
     meta: Annotated[Optional[list[str]], typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")] = None,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the JSON result here.")] = None,
@@ -262,7 +264,7 @@ def check_cmd(
             from engine.notify import check_url
 
             check_url(notify)
-        with _progress(quiet, dask=scheduler is not None) as progress:
+        with _progress(quiet, dask=scheduler is not None) as progress, _warnings_on_stderr():
             result = run_check(
                 baseline,
                 online,
@@ -277,6 +279,7 @@ def check_cmd(
                 backend=backend,
                 bootstrap=bootstrap,
                 seed=seed,
+                bootstrap_unit=bootstrap_unit,
                 config=config,
                 meta=meta_pairs,
                 progress=progress,
@@ -299,6 +302,26 @@ def check_cmd(
         return exit_code(result.verdict, fail_on)
 
     raise typer.Exit(_guard(run, debug))
+
+
+@contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """parity's own warnings (the unit-level bootstrap's cost) as 'parity: warning:' lines on
+    stderr, once each; other Python warnings as usual."""
+    from kernels.cpu import UnitBootstrapCostWarning
+
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UnitBootstrapCostWarning):
+                _warning(str(message))
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("once", UnitBootstrapCostWarning)
+        yield
 
 
 def _warning(message: str) -> None:

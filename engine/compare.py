@@ -192,6 +192,9 @@ class Evidence:
     #: With a label horizon: (rows, labelled rows) per slice of the windows whose outcomes
     #: are due; label coverage is judged on them alone, and a shortfall is ``label_delay``.
     label_rows: tuple | None = None
+    #: The online replicates come from the unit-level bootstrap (correlated rows): rate
+    #: intervals are widened to the replicates' percentile interval.
+    unit_level: bool = False
 
 
 class Judge:
@@ -352,6 +355,11 @@ class Judge:
             )
         else:
             lo, hi = rate_interval(value * n, n, self.level)
+        if ev.unit_level:
+            # the binomial intervals assume independent rows; the unit-level replicates carry
+            # the rows' correlation: the hull of the two keeps the tails of both
+            p_lo, p_hi = percentile_interval(diff_reps, self.level)
+            lo, hi = np.fmin(lo, p_lo), np.fmax(hi, p_hi)
         # the p-value's standard error: the bootstrap's, never below the interval's width
         return lo, hi, np.fmax(se, (hi - lo) / (2 * self.z))
 

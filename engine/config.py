@@ -453,6 +453,13 @@ class Config(_Model):
     bootstrap: NonNegInt = Field(
         1000, description="Bootstrap replicates; 0 computes no intervals."
     )
+    bootstrap_unit: ColumnName | None = Field(
+        None,
+        description="A column of the online log naming the unit whose rows are correlated "
+        "(a user id, a session): the online side's bootstrap resamples units, all rows of a "
+        "unit together (unit-level Poisson bootstrap), instead of rows. Its cost is rows x "
+        "replicates; null: the cell-level (row-level) bootstrap.",
+    )
     ci_level: Annotated[
         float,
         Strict(),

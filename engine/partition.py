@@ -194,6 +194,8 @@ class BucketJob:
     partition_column: str | None = None
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
     windows: WindowSpec | None = None
+    #: The unit-level bootstrap's settings (``engine.unit_bootstrap``); None: none.
+    unit: Any = None
 
     @classmethod
     def for_join(cls, stream: JoinedStream, layout: Layout, n_buckets: int, **options: Any) -> "BucketJob":
@@ -207,7 +209,7 @@ class BucketJob:
         n_buckets : int
         **options
             ``backend``, ``paired``, ``with_value``, ``batch_size``, ``memory_limit``,
-            ``threads``, ``fragment_rows``, ``partition_column``, ``windows``.
+            ``threads``, ``fragment_rows``, ``partition_column``, ``windows``, ``unit``.
         """
         columns = stream.columns_read()
         sources = {"online": stream.online, "offline": stream.offline, "outcomes": stream.outcomes}
@@ -605,9 +607,13 @@ def join_bucket(
         memory_limit=job.memory_limit,
         threads=threads,
     )
-    acc = Accumulator(
-        job.layout, get_kernels(job.backend), paired=job.paired, with_value=job.with_value, windows=job.windows
-    )
+    options = dict(paired=job.paired, with_value=job.with_value, windows=job.windows)
+    if job.unit is None:
+        acc = Accumulator(job.layout, get_kernels(job.backend), **options)
+    else:
+        from engine.unit_bootstrap import UnitAccumulator
+
+        acc = UnitAccumulator(job.layout, get_kernels(job.backend), unit=job.unit, **options)
     with _numba_threads(threads):
         stats = accumulate_joined(stream, acc)
     return Partial(stats, stream.report)

@@ -12,6 +12,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -34,6 +35,7 @@ from engine.result import CheckResult
 from engine.partition import BucketJob, Partial, accumulate_joined, frame_to_arrow, n_buckets_for
 from engine.stats import Accumulator, WindowSpec, epoch_seconds
 from engine.timeline import DESIGNED_FALSE_ALARM_RATE, iso
+from engine.unit_bootstrap import UnitAccumulator, UnitSpec, cost_message, take_replicates
 from kernels import get_kernels
 
 
@@ -119,6 +121,7 @@ def run_check(
     backend: str = "auto",
     bootstrap: int | None = None,
     seed: int | None = None,
+    bootstrap_unit: str | None = None,
     config: Config | str | os.PathLike | None = None,
     meta: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -145,6 +148,11 @@ def run_check(
     backend : {"auto", "cpu", "gpu"}
     bootstrap, seed : int, optional
         Replicates (0: no intervals) and seed; default from the config.
+    bootstrap_unit : str, optional
+        A column of the online log naming correlated rows' unit (a user id): the online
+        side's bootstrap resamples units (unit-level Poisson bootstrap, cost rows x
+        replicates; see :mod:`engine.unit_bootstrap`) for the whole period's findings of the
+        judged slices; default from the config (``bootstrap_unit``).
     config : Config or path, optional
         Tolerances, minimums, columns; the slices, features and thresholds always come from
         the baseline.
@@ -170,7 +178,7 @@ def run_check(
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     t0 = time.perf_counter()
     bl = baseline if isinstance(baseline, Baseline) else Baseline.load(baseline)
-    overrides: dict[str, Any] = {"bootstrap": bootstrap, "seed": seed}
+    overrides: dict[str, Any] = {"bootstrap": bootstrap, "seed": seed, "bootstrap_unit": bootstrap_unit}
     if keys:
         overrides["columns.online.key"] = list(keys)
     if score:
@@ -203,6 +211,7 @@ def run_check(
             layout = layout.with_atoms(cfg.max_atoms)
         windows = _window_spec(cfg, src_on, given["online"]) if cfg.window else None
         spec = _join_spec(cfg, layout, src_on, src_off, src_out, windows)
+        unit = _unit_spec(cfg, src_on, spec)
         check_owners(cfg, layout.slice_columns, baseline=bl.path)
         has_offline = src_off is not None or spec.online_offline_score is not None
         has_outcomes = src_out is not None or spec.online_label is not None
@@ -217,7 +226,13 @@ def run_check(
             src_on, src_off, src_out, spec,
             batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
         )
-        acc = Accumulator(layout, kernels, paired=has_offline, with_value=with_value, windows=windows)
+        options = dict(paired=has_offline, with_value=with_value, windows=windows)
+        acc = (
+            Accumulator(layout, kernels, **options) if unit is None
+            else UnitAccumulator(layout, kernels, unit=unit, **options)
+        )
+        if unit is not None and kernels.name == "cpu":
+            _warn_unit_cost(src_on, given["online"], unit, acc)
         execution: dict[str, Any] = {"mode": "stream"}
         if client is None and checkpoint is None:
             advance = _rows_done(progress, lambda: stream.report.online_rows)
@@ -227,7 +242,7 @@ def run_check(
                       for s in stream.columns_read()}
             job = _bucket_job(
                 stream, cfg, layout, given["online"],
-                backend=backend, paired=has_offline, with_value=with_value, windows=windows,
+                backend=backend, paired=has_offline, with_value=with_value, windows=windows, unit=unit,
             )
             if client is not None:
                 partial, n_buckets = run_job(client, job, joined, progress=progress is not None)
@@ -238,6 +253,8 @@ def run_check(
                 execution = {"mode": "checkpoint", **info}
     stats, report = partial.stats, partial.report
     _refuse_empty(report, sources)
+    # the unit-level replicate counts leave the statistics here: a run history keeps the rest
+    unit_replicates = take_replicates(stats, layout) if unit is not None else None
 
     ctx = Context(
         layout=layout, config=cfg, kernels=kernels, dq_flags=acc.dq_flags,
@@ -245,6 +262,7 @@ def run_check(
         duplicate_online=int(report.duplicate_keys.get("online", 0)),
         online_rows=int(report.online_rows),
         table_quality=_table_quality(report, sources),
+        unit_replicates=unit_replicates,
     )
     sides = Sides.of(stats, layout, bl)
     outcome = assess(sides, ctx, windowed=None if windows is None else (acc, stats, windows))
@@ -261,6 +279,8 @@ def run_check(
         "seed": cfg.seed,
         "bootstrap": cfg.bootstrap,
         "ci_level": cfg.ci_level,
+        # additive: the online rows' unit of the bootstrap (null: rows, the cell-level one)
+        "bootstrap_unit": None if unit is None else unit.column,
         "inputs": inputs,
         "meta": dict(meta or {}),
         "duration_s": round(time.perf_counter() - t0, 3),
@@ -526,6 +546,36 @@ def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out, windo
         outcome_ts=outcome_ts,
         online_ts=ts,
     )
+
+
+def _unit_spec(cfg: Config, src_on: TableSource, spec: JoinSpec) -> UnitSpec | None:
+    """The unit-level bootstrap's settings, its column checked and carried through the join
+    (None without ``bootstrap_unit``, or without a bootstrap)."""
+    column = cfg.bootstrap_unit
+    if column is None or cfg.bootstrap == 0:
+        return None
+    try:
+        src_on.require(column, "any")
+    except SchemaError as exc:
+        raise SchemaError(
+            f"{exc} The unit-level bootstrap (--bootstrap-unit {column}, or 'bootstrap_unit' in the config) "
+            "reads each online row's unit (a user or session id) from it."
+        ) from None
+    if column not in spec.online_columns and column not in spec.keys:
+        spec.online_columns.append(column)
+    return UnitSpec(column=column, replicates=cfg.bootstrap, seed=cfg.seed)
+
+
+def _warn_unit_cost(src_on: TableSource, online: Any, unit: UnitSpec, acc: UnitAccumulator) -> None:
+    """Warn once when the CPU's unit-level bootstrap is costly (rows x replicates)."""
+    from kernels.cpu import UNIT_COST_WARN, UnitBootstrapCostWarning
+
+    try:
+        rows = int(online.shape[0].compute()) if is_dask_frame(online) else int(src_on.count_rows())
+    except Exception:  # a source that cannot count cheaply: no estimate, no warning
+        return
+    if rows * unit.replicates > UNIT_COST_WARN:
+        warnings.warn(cost_message(rows, unit.replicates, acc.cells_per_row, unit.column), UnitBootstrapCostWarning, stacklevel=3)
 
 
 def _join_engine(stream: Any) -> dict[str, str]:

@@ -11,14 +11,33 @@ The cost is rows x replicates (each row is drawn again in every replicate), whic
 the GPU earns its keep: ``Kernels.unit_histogram`` accumulates the replicate cell counts of
 all rows and replicates in one kernel launch; the CPU runs the same loop (parallel over
 replicates) and warns when it is large.
+
+``parity check --bootstrap-unit COL`` (:class:`UnitAccumulator`): while the online rows
+stream through the accumulate stage, every row's cell on each of the bootstrap's *coarse*
+grids (score, replay score, joint decisions, |delta|, value, features; per judged slice) is
+computed and ``Kernels.unit_histogram`` adds the row's unit weight of every replicate there.
+The resulting ``(B, cells)`` replicate counts (memory: B x coarse cells, whatever the number
+of rows) are statistics like the others: they merge by addition across batches, buckets and
+Dask workers, and since a weight depends on (seed, unit id, replicate) alone they are
+identical for any batch size, partitioning or backend. :class:`engine.bootstrap.CellBootstrap`
+then takes them as the online side's replicate counts ``n*`` instead of its per-cell Poisson
+draws; sums inside a cell stay conditional on ``n*`` as in the cell-level bootstrap. The
+baseline keeps the cell-level bootstrap (a check has its statistics, not its rows).
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from engine.encode import LABEL_MISSING, N_LABEL_STATES, Layout, _to_float, categorical_codes
+from engine.errors import ConfigError
+from engine.stats import LABEL, SCORE, Accumulator, Statistics, _offline_scores
 
 #: The unit key of rows whose unit id is null: they form one unit together.
 NULL_UNIT = np.uint64(0x9E3779B97F4A7C15)
@@ -84,3 +103,238 @@ class UnitBootstrap:
             for r0 in range(0, self.B, self.chunk)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, int(n_cells)), np.int64)
+
+
+# --------------------------------------------------------------------------- in the pipeline
+#: Most memory the replicate counts of a unit-level bootstrap may take (they are held once,
+#: plus one batch's worth while a batch is added).
+UNIT_MAX_BYTES = 4 << 30
+
+#: Prefix of the unit-level replicate counts among a :class:`Statistics`' arrays.
+PREFIX = "unit/"
+
+#: Every |delta| fine bin maps to bin ``bin // DELTA_STEP`` of the bootstrap's coarse grid
+#: (``engine.bootstrap.CellBootstrap``: every 8th edge).
+DELTA_STEP = 8
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """What a unit-level bootstrap needs: the online column of unit ids, B and the seed."""
+
+    column: str
+    replicates: int
+    seed: int
+
+    def key(self) -> str:
+        """Part of the statistics' layout id: counts of other units, B or seeds never merge."""
+        return f"unit:{self.column}:{self.replicates}:{self.seed}"
+
+
+class UnitAccumulator(Accumulator):
+    """An :class:`engine.stats.Accumulator` that also adds the unit-level bootstrap's online
+    replicate counts (``unit/<grid>`` arrays of shape ``(B, R, *coarse inner)`` over the
+    ``R`` raw slices of the judged dimensions; :meth:`Statistics.grid` derives the whole
+    population from them as from every other grid).
+
+    Parameters
+    ----------
+    layout, kernels, paired, with_value, windows
+        As for :class:`Accumulator`.
+    unit : UnitSpec
+    """
+
+    def __init__(self, layout: Layout, kernels, *, unit: UnitSpec, **options: Any) -> None:
+        super().__init__(layout, kernels, **options)
+        self.unit = unit
+        self.layout_id += "|" + unit.key()
+        self._n_coarse = len(layout.coarse_edges) + 1
+        self._n_delta = (len(layout.delta_edges) + 1 + DELTA_STEP - 1) // DELTA_STEP
+        # a feature's fine bin -> its bin on the bootstrap's coarse grid (deciles + missing)
+        self._psi_maps = coarse_feature_maps(layout)
+        self._k_psi = max([int(m.max()) + 1 for m in self._psi_maps], default=0)
+        sizes = [layout.dim_size(d) for d in layout.dims]
+        self._unit_raw = max(1, sum(sizes))  # judged raw slices (the atoms are not judged)
+        self._unit_offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(1, np.int64)
+        inner: dict[str, tuple[int, ...]] = {"score": (N_LABEL_STATES, self._n_coarse)}
+        if self.paired:
+            T = len(layout.thresholds)
+            inner.update(offline=(N_LABEL_STATES, self._n_coarse), joint=((T + 1) ** 2,), delta=(self._n_delta,))
+        if self.with_value:
+            inner["value"] = (N_LABEL_STATES,)
+        if layout.features:
+            inner["feature"] = (len(layout.features), self._k_psi)
+        self._unit_inner = inner
+        # the flat cell space of one kernel call: grid after grid, (raw slice, *inner) each
+        self._unit_base: dict[str, int] = {}
+        n = 0
+        for name, shape in inner.items():
+            self._unit_base[name] = n
+            n += self._unit_raw * int(np.prod(shape))
+        self.unit_cells = n
+        need = 2 * unit.replicates * n * 8
+        if need > UNIT_MAX_BYTES:
+            raise ConfigError(
+                f"The unit-level bootstrap (--bootstrap-unit {unit.column}) keeps {unit.replicates:,} replicates x "
+                f"{n:,} cells ({need / 2**30:.1f} GiB), more than the {UNIT_MAX_BYTES / 2**30:.0f} GiB it may use. "
+                "Use fewer replicates (--bootstrap), fewer slices or features, or drop --bootstrap-unit."
+            )
+
+    @property
+    def cells_per_row(self) -> int:
+        """Cells a row adds its weight to (one per judged dimension and grid): the kernel's
+        work is rows x replicates x this."""
+        grids = len(self._unit_inner) - ("feature" in self._unit_inner) + len(self.layout.features)
+        return max(1, len(self.layout.dims)) * grids
+
+    def zero(self) -> Statistics:
+        stats = super().zero()
+        for name, shape in self._unit_inner.items():
+            stats.raw[PREFIX + name] = np.zeros((self.unit.replicates, self._unit_raw) + shape, np.int64)
+        return stats
+
+    def batch_statistics(self, batch: pa.RecordBatch | pa.Table) -> Statistics:
+        if isinstance(batch, pa.Table):
+            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
+        stats = super().batch_statistics(batch)
+        stats.raw.update(self.unit_counts(batch))
+        return stats
+
+    # ------------------------------------------------------------------ one batch
+    def row_cells(self, batch: pa.RecordBatch) -> np.ndarray:
+        """``(M, n)`` int32: each row's flat cell on every coarse grid, once per judged
+        dimension (-1: the row has none there, e.g. an invalid score).
+
+        Binned on the host with ``searchsorted`` on both backends (the coarse grids have
+        few edges; the kernel's rows x replicates dominate), exactly as the accumulator bins
+        onto the fine grid and the bootstrap maps fine bins to coarse ones: with every
+        weight 1, the counts are the coarse grids of the statistics (tested).
+        """
+        layout, n = self.layout, batch.num_rows
+        # the row's raw slice in each judged dimension
+        if layout.dims:
+            per_col = {c: categorical_codes(batch.column(c), layout.slice_codes[c])[0] for c in layout.slice_columns}
+            raw = []
+            for d, dim in enumerate(layout.dims):
+                code = np.zeros(n, np.int64)
+                for c in dim:
+                    code = code * layout.slice_codes[c].size + per_col[c]
+                raw.append(self._unit_offsets[d] + code)
+        else:
+            raw = [np.zeros(n, np.int64)]
+        score = _to_float(batch.column(SCORE)).astype(np.float64)
+        valid = (score >= 0.0) & (score <= 1.0)  # NaN compares False
+        state = self._label_states(batch, n)
+        n_c = self._n_coarse
+        inner: list[tuple[str, np.ndarray]] = [
+            ("score", np.where(valid, state * n_c + np.searchsorted(layout.coarse_edges, score, "right"), -1))
+        ]
+        if self.paired:
+            off = _offline_scores(batch).astype(np.float64)
+            valid_off = (off >= 0.0) & (off <= 1.0)
+            both = valid & valid_off
+            inner.append(("offline", np.where(valid_off, state * n_c + np.searchsorted(layout.coarse_edges, off, "right"), -1)))
+            T = len(layout.thresholds)
+            thresholds = np.asarray(layout.thresholds, dtype=np.float64)
+            joint = np.searchsorted(thresholds, score, "right") * (T + 1) + np.searchsorted(thresholds, off, "right")
+            inner.append(("joint", np.where(both, joint, -1)))
+            delta = np.abs(score - off)
+            inner.append(("delta", np.where(both, np.searchsorted(layout.delta_edges, delta, "right") // DELTA_STEP, -1)))
+        if self.with_value:
+            value = self._checked_value(batch)
+            inner.append(("value", np.where(np.isnan(value), -1, state)))
+        for j, f in enumerate(layout.features):
+            if f.kind == "numeric":
+                v = _to_float(batch.column(f.name)).astype(np.float64)
+                fine = np.where(np.isnan(v), f.n_bins - 1, np.searchsorted(f.edges, v, "right"))
+            else:
+                fine = categorical_codes(batch.column(f.name), f.categories)[0]
+            inner.append(("feature", j * self._k_psi + self._psi_maps[j][fine]))
+        out = np.empty((len(raw) * len(inner), n), np.int32)
+        m = 0
+        for r in raw:
+            for name, code in inner:
+                size = int(np.prod(self._unit_inner[name]))
+                out[m] = np.where(code >= 0, self._unit_base[name] + r * size + code, -1)
+                m += 1
+        return out
+
+    def _label_states(self, batch: pa.RecordBatch, n: int) -> np.ndarray:
+        if LABEL not in batch.schema.names:
+            return np.full(n, LABEL_MISSING, np.int64)
+        y = _to_float(batch.column(LABEL)).astype(np.float64)
+        return np.where(y == 1.0, 1, np.where(y == 0.0, 0, LABEL_MISSING)).astype(np.int64)
+
+    def unit_counts(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        """The batch's ``unit/<grid>`` replicate counts."""
+        spec = self.unit
+        if spec.column not in batch.schema.names:
+            raise ConfigError(f"The online batch has no unit column '{spec.column}' (--bootstrap-unit).")
+        ids = unit_keys(batch.column(spec.column))
+        cells = self.row_cells(batch)
+        with warnings.catch_warnings():
+            # the run warns once about the whole cost (engine.pipeline), not once per batch
+            warnings.simplefilter("ignore", _cost_warning())
+            flat = np.asarray(self.kernels.unit_histogram(spec.seed, ids, cells, self.unit_cells, 0, spec.replicates))
+        return self.split(flat)
+
+    def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """``(R, unit_cells)`` flat counts as ``unit/<grid>`` arrays ``(R, raw slices, *inner)``."""
+        out = {}
+        for name, shape in self._unit_inner.items():
+            base = self._unit_base[name]
+            size = self._unit_raw * int(np.prod(shape))
+            out[PREFIX + name] = flat[:, base : base + size].reshape((flat.shape[0], self._unit_raw) + shape)
+        return out
+
+
+def coarse_feature_maps(layout: Layout) -> list[np.ndarray]:
+    """Per feature, fine bin -> coarse bin: the maps ``CellBootstrap.coarsen`` uses."""
+    from engine.measure import fine_resolution
+
+    return list(fine_resolution(layout).feature_psi_maps)
+
+
+def _cost_warning() -> type[Warning]:
+    from kernels.cpu import UnitBootstrapCostWarning
+
+    return UnitBootstrapCostWarning
+
+
+def take_replicates(stats: Statistics, layout: Layout) -> Any:
+    """Remove the ``unit/`` arrays from ``stats`` and return them as the online replicate
+    counts of the coarse grids (an :class:`engine.measure.Grids` with a leading replicate
+    axis over the judged slices; ``calib`` is derived from ``score`` by the bootstrap, the
+    sums of ``delta`` and ``value`` stay conditional on these counts), or None if there are
+    none. The statistics that remain are the plain ones (what a run history keeps)."""
+    from engine.measure import Grids
+
+    names = [k for k in stats.raw if k.startswith(PREFIX)]
+    if not names:
+        return None
+    grid = {k[len(PREFIX):]: stats.grid(k) for k in names}
+    for k in names:
+        del stats.raw[k]
+    features = []
+    if "feature" in grid:
+        for j, m in enumerate(coarse_feature_maps(layout)):
+            features.append(grid["feature"][:, :, j, : int(m.max()) + 1])
+    return Grids(
+        score=grid["score"],
+        calib=None,
+        features=features,
+        offline=grid.get("offline"),
+        joint=grid.get("joint"),
+        delta=(grid["delta"], None, None) if "delta" in grid else None,
+        value=(grid["value"], None, None) if "value" in grid else None,
+    )
+
+
+def cost_message(rows: int, replicates: int, cells_per_row: int, column: str) -> str:
+    """The one warning a CPU run of the unit-level bootstrap gives about its cost."""
+    return (
+        f"the unit-level bootstrap (--bootstrap-unit {column}) on the CPU draws every row's weight again in "
+        f"every replicate: {rows:,} rows x {replicates:,} replicates = {rows * replicates:,} weight draws, "
+        f"each added to {cells_per_row} cells. This can take minutes; a GPU (--backend gpu) runs it about a "
+        "hundred times faster, and fewer replicates (--bootstrap) cost proportionally less."
+    )
