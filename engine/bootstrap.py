@@ -350,6 +350,18 @@ class BaselineDraws:
     chunk: int
     stars: list
 
+    def repeated(self, times: int) -> "BaselineDraws":
+        """The same draws for ``times`` copies of the slices laid one after the other (the
+        windows judged at once all compare with one baseline sample)."""
+        stack = ME.stack_slices
+        return BaselineDraws(
+            stack([self.coarse] * times),
+            stack([self.fine] * times),
+            stack([self.coarse_values] * times),
+            self.chunk,
+            [(stack([g] * times, axis=1), stack([m] * times, axis=1)) for g, m in self.stars],
+        )
+
 
 # ---------------------------------------------------------------------- intervals
 def percentile_interval(reps: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,7 @@ from engine.bootstrap import (
     RATE_METRICS,
     one_sided_p_value,
     benjamini_hochberg,
+    norm_sf,
     percentile_interval,
     rate_difference_interval,
     rate_interval,
@@ -200,28 +201,39 @@ class Evidence:
 class Judge:
     """Turns :class:`Evidence` into sorted findings."""
 
-    def __init__(self, layout: Layout, config: Config) -> None:
+    def __init__(self, layout: Layout, config: Config, blocks: int = 1) -> None:
         self.layout = layout
         self.config = config
         self.level = config.ci_level
         self.z = NormalDist().inv_cdf(0.5 + config.ci_level / 2.0)
-        self.labels = layout.slice_labels()
+        # ``blocks``: the evidence holds that many copies of the layout's slices one after
+        # the other (the time windows, judged at once); each block is judged as a run of
+        # its own: its population is its first slice, its tests are their own family
+        self.block = len(layout.slice_labels())
+        self.labels = layout.slice_labels() * blocks
         self.thresholds = list(layout.thresholds)
         self._rate_memo: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ public
-    def findings(self, ev: Evidence, window: dict[str, str] | None = None) -> list[Finding]:
-        """The findings of ``ev`` (of time window ``window``, when it is one), sorted."""
+    def findings(self, ev: Evidence, windows: list[dict[str, str]] | None = None) -> list[Finding]:
+        """The findings of ``ev``, sorted (``windows``: the time window of each block)."""
         tests = self.judged_tests(ev)
-        out = [self._finding(t, window) for t in tests if not t.duplicate]
+        out = [self._finding(t, None if windows is None else windows[t.s // self.block]) for t in tests if not t.duplicate]
         out.sort(key=Finding.sort_key)
         return out
 
+    def _totals(self, rows: np.ndarray) -> np.ndarray:
+        """Each slice's block population's rows (1 where it has none): the share's whole."""
+        rows = np.asarray(rows, dtype=np.float64)
+        pop = rows[(np.arange(rows.size) // self.block) * self.block]
+        return np.where(pop > 0, pop, 1.0)
+
     def judged_tests(self, ev: Evidence) -> list[_Test]:
         """Every test with its status and cause (duplicates included, flagged)."""
-        self.empty_slices = [s for s in range(len(ev.slice_rows)) if ev.slice_rows[s] == 0 and s > 0]
+        b = self.block
+        self.empty_slices = [s for s in range(len(ev.slice_rows)) if ev.slice_rows[s] == 0 and s % b]
         tests = self._metric_tests(ev) + self._dq_tests(ev)
-        tests = [t for t in tests if t.s == 0 or ev.slice_rows[t.s] > 0]  # empty slices: not tests
+        tests = [t for t in tests if t.s % b == 0 or ev.slice_rows[t.s] > 0]  # empty slices: not tests
         self._decide(tests, ev)
         self._causes(tests, ev)
         return tests
@@ -233,7 +245,7 @@ class Judge:
 
     def _metric_tests(self, ev: Evidence) -> list[_Test]:
         tests: list[_Test] = []
-        total = float(ev.slice_rows[0]) if ev.slice_rows[0] else 1.0
+        total = self._totals(ev.slice_rows)
         for key, value in ev.online.items():
             name, scores, feature = key
             spec = self._spec(name)
@@ -275,7 +287,7 @@ class Judge:
                         t.duplicate = bool(
                             np.array_equal(twin[0][idx], value[idx], equal_nan=True) and twin[1][idx] == n[idx]
                         )
-                    t.share = float(ev.slice_rows[s]) / total
+                    t.share = float(ev.slice_rows[s]) / total[s]
                     self._sufficiency(t, ev, scores)
                     tests.append(t)
         return tests
@@ -434,7 +446,7 @@ class Judge:
     def _dq_tests(self, ev: Evidence) -> list[_Test]:
         flags = {name: ev.dq[:, q].astype(np.float64) for q, name in enumerate(ev.dq_flags)}
         rows = flags["rows"]
-        total = rows[0] if rows[0] else 1.0
+        total = self._totals(rows)
         specs: list[tuple[str, np.ndarray, str | None]] = []
         tests_due: list[_Test] = []
         if ev.has_offline:
@@ -469,7 +481,7 @@ class Judge:
             lo_all, hi_all = (np.asarray(x, dtype=np.float64) for x in rate_interval(k_all, np.broadcast_to(rows, k_all.shape), self.level))
         for (spec, counts, column), lo, hi in zip(specs, lo_all if specs else [], hi_all if specs else []):
             for s in range(len(rows)):
-                tests.append(self._rate_test(spec, s, counts[s], rows[s], column, rows[s] / total, (float(lo[s]), float(hi[s]))))
+                tests.append(self._rate_test(spec, s, counts[s], rows[s], column, rows[s] / total[s], (float(lo[s]), float(hi[s]))))
         spec = self._spec("duplicate_key_rate")
         if spec is not None and ev.online_rows_raw:
             tests.append(
@@ -532,23 +544,34 @@ class Judge:
         Without a bootstrap (no standard errors) a point estimate beyond tolerance is a
         warning.
         """
+        judged, margins, bads = [], [], []
         for t in tests:
             if t.insufficient:
                 continue
             tol: Tolerance = t.spec.tolerance_spec
             t.beyond = bool(tol.beyond(t.diff, t.expected, value=t.value if tol.kind == "floor" else None))
             t.ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else False
-            margin = 0.0 if tol.kind == "floor" else float(tol.margin(t.expected))
-            t.p_value = self._p_value(t, tol, margin)
-            t.p_warn = self._p_value(t, tol, margin / 2) if tol.kind != "floor" else t.p_value
+            judged.append(t)
+            margins.append(0.0 if tol.kind == "floor" else float(tol.margin(t.expected)))
+            bads.append(tol.bad)
             # severity = |diff| / tolerance x share; a floor's scale is the room it leaves
             scale = float(tol.scale(t.expected))
             t.severity = abs(t.diff) / (scale if scale > 0 else 1.0) * t.share
+        # the p-values of all tests at once (a floor's half-margin test is its test: margin 0)
+        diff = np.array([t.diff for t in judged], dtype=np.float64)
+        se = np.array([t.se for t in judged], dtype=np.float64)
+        margin, bad = np.array(margins, dtype=np.float64), np.array(bads, dtype=object)
+        for t, p, p_half in zip(judged, _p_values(diff, margin, se, bad), _p_values(diff, margin / 2, se, bad)):
+            t.p_value, t.p_warn = float(p), float(p_half)
         testable = [t for t in tests if not t.insufficient and not t.duplicate and math.isfinite(t.p_value)]
-        for flag, attr in (("survives_fdr", "p_value"), ("warn_fdr", "p_warn")):
-            passed = grouped_fdr([getattr(t, attr) for t in testable], [t.s for t in testable], self.config.fdr_q)
-            for t, ok in zip(testable, passed):
-                setattr(t, flag, bool(ok))
+        by_block: dict[int, list[_Test]] = {}
+        for t in testable:
+            by_block.setdefault(t.s // self.block, []).append(t)
+        for family in by_block.values():
+            for flag, attr in (("survives_fdr", "p_value"), ("warn_fdr", "p_warn")):
+                passed = grouped_fdr([getattr(t, attr) for t in family], [t.s for t in family], self.config.fdr_q)
+                for t, ok in zip(family, passed):
+                    setattr(t, flag, bool(ok))
         for t in tests:
             if t.insufficient:
                 t.status = "insufficient_data"
@@ -666,6 +689,20 @@ class Judge:
             severity=_clean(t.severity) or 0.0,
             reason=t.reason,
         )
+
+
+def _p_values(diff: np.ndarray, margin: np.ndarray, se: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """:meth:`Judge._p_value` of many tests at once (the same arithmetic, element by
+    element): NaN without a standard error; a degenerate interval (``se`` 0): the point
+    decides."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_up = norm_sf((diff - margin) / se)
+        p_down = norm_sf((-margin - diff) / se)
+    degenerate = se <= 0
+    p_up = np.where(degenerate, np.where(diff - margin > 0, 0.0, 1.0), p_up)
+    p_down = np.where(degenerate, np.where(-margin - diff > 0, 0.0, 1.0), p_down)
+    p = np.where(bad == "increase", p_up, np.where(bad == "decrease", p_down, np.fmin(p_up, p_down)))
+    return np.where(np.isfinite(se), p, np.nan)
 
 
 def simes(p_values: np.ndarray) -> float:

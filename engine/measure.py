@@ -284,6 +284,22 @@ def denominators(online: Grids, res: Resolution, layout: Layout, keys) -> dict[M
     return out
 
 
+def stack_slices(parts: list[Any], axis: int = 0) -> Any:
+    """Grids (or metric dicts, lists, arrays) laid one after the other along their slice
+    axis (``axis``: 1 for replicates, whose first axis is the replicate): several time
+    windows judged as one evidence."""
+    first = parts[0]
+    if first is None:
+        return None
+    if isinstance(first, Grids):
+        return Grids(**{f: stack_slices([getattr(p, f) for p in parts], axis) for f in first.__dataclass_fields__})
+    if isinstance(first, dict):
+        return {k: stack_slices([p[k] for p in parts], axis) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(stack_slices([p[i] for p in parts], axis) for i in range(len(first)))
+    return np.concatenate([np.asarray(p) for p in parts], axis=axis)
+
+
 def select_slices(g: Grids, index: np.ndarray) -> Grids:
     """The grids of the slices ``index`` (rows may repeat), slice axis first in every array.
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from engine import measure as ME
+from engine.bootstrap import CellBootstrap
 from engine.catalogue import METRICS, Tolerance
 from engine.compare import Finding, Judge
 from engine.encode import stable_key
@@ -93,37 +94,47 @@ def judge_windows(acc: Accumulator, stats: Statistics, spec: WindowSpec, baselin
 
     ``baseline`` are the baseline's grids of the judged slices, ``ctx`` the whole period's
     :class:`engine.assess.Context`, ``evidence`` its recipe (``engine.assess.evidence``).
+    The windows are judged at once: their grids laid one after the other along the slice
+    axis, one evidence (one bootstrap call, one pass over the tests) in which each window is
+    a block of its own (its population, its multiple-testing family, its draws keyed by its
+    start), all compared with one draw of the baseline (one baseline sample). That is what
+    judging each window alone gives, in one call instead of one per window.
     """
     cfg = ctx.config
     inner = acc._per_window
     ctx_w = dataclasses.replace(ctx, layout=inner.layout, dq_flags=inner.dq_flags)
-    judge = Judge(inner.layout, cfg)
     horizon = cfg.label_horizon_seconds
+    per_window = [(k, acc.window_statistics(stats, k)) for k in range(spec.count)]
+    per_window = [(k, st) for k, st in per_window if st.rows]
+    if not per_window:
+        return Timeline([], {}, spec)
+    W = len(per_window)
+    on = ME.stack_slices([ME.grids_from_statistics(st, inner.layout) for _, st in per_window])
     keys = inner.layout.slice_keys()
-    findings: list[Finding] = []
-    baseline_cache: dict = {}  # one baseline for every window: measured and drawn once
-    for k in range(spec.count):
-        st = acc.window_statistics(stats, k)
-        if st.rows == 0:
-            continue
-        grids = ME.grids_from_statistics(st, inner.layout)
-        start, end = spec.bounds(k)
-        ev = evidence(
-            grids, baseline, ctx_w, bootstrap=min(cfg.bootstrap, WINDOW_BOOTSTRAP), seed=cfg.seed,
-            slice_keys=keys ^ np.uint64(stable_key(f"window:{start}")), baseline_cache=baseline_cache,
-        )
-        young = horizon is not None and end > spec.latest - horizon
-        label = window_label(spec, k)
-        for f in judge.findings(ev, window=label):
-            if young and label_based(f.metric):
-                f.status, f.cause, f.p_value, f.ci = "insufficient_data", None, None, None
-                f.reason = (
-                    f"the window ends within the label horizon ({cfg.label_horizon}) of the latest time "
-                    "seen: its outcomes are still arriving"
-                )
-            elif horizon is not None and f.metric == "label_coverage" and f.status in ("alert", "warn"):
-                f.cause = "label_delay"
-            findings.append(f)
+    window_keys = np.concatenate(
+        [keys ^ np.uint64(stable_key(f"window:{spec.bounds(k)[0]}")) for k, _ in per_window]
+    )
+    bootstrap = min(cfg.bootstrap, WINDOW_BOOTSTRAP)
+    cache: dict = {}
+    if bootstrap > 0:
+        draws = CellBootstrap(inner.layout, ctx.kernels, replicates=bootstrap, seed=cfg.seed).baseline_draws(baseline)
+        cache["draws"] = draws.repeated(W)
+    ev = evidence(
+        on, ME.stack_slices([baseline] * W), ctx_w, bootstrap=bootstrap, seed=cfg.seed, slice_keys=window_keys,
+        baseline_cache=cache,
+    )
+    labels = [window_label(spec, k) for k, _ in per_window]
+    young = {lab["start"] for (k, _), lab in zip(per_window, labels) if horizon is not None and spec.bounds(k)[1] > spec.latest - horizon}
+    findings = Judge(inner.layout, cfg, blocks=W).findings(ev, windows=labels)
+    for f in findings:
+        if f.window["start"] in young and label_based(f.metric):
+            f.status, f.cause, f.p_value, f.ci = "insufficient_data", None, None, None
+            f.reason = (
+                f"the window ends within the label horizon ({cfg.label_horizon}) of the latest time "
+                "seen: its outcomes are still arriving"
+            )
+        elif horizon is not None and f.metric == "label_coverage" and f.status in ("alert", "warn"):
+            f.cause = "label_delay"
     return Timeline(findings, control_series(findings), spec)
 
 
