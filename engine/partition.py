@@ -607,13 +607,11 @@ def join_bucket(
         memory_limit=job.memory_limit,
         threads=threads,
     )
-    options = dict(paired=job.paired, with_value=job.with_value, windows=job.windows)
-    if job.unit is None:
-        acc = Accumulator(job.layout, get_kernels(job.backend), **options)
-    else:
-        from engine.unit_bootstrap import UnitAccumulator
+    from engine.unit_bootstrap import accumulator
 
-        acc = UnitAccumulator(job.layout, get_kernels(job.backend), unit=job.unit, **options)
+    acc = accumulator(
+        job.layout, get_kernels(job.backend), job.unit, paired=job.paired, with_value=job.with_value, windows=job.windows
+    )
     with _numba_threads(threads):
         stats = accumulate_joined(stream, acc)
     return Partial(stats, stream.report)

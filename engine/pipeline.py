@@ -33,9 +33,9 @@ from engine.join import JoinSpec, join
 from engine.owners import assign_owners, check_owners
 from engine.result import CheckResult
 from engine.partition import BucketJob, Partial, accumulate_joined, frame_to_arrow, n_buckets_for
-from engine.stats import Accumulator, WindowSpec, epoch_seconds
+from engine.stats import WindowSpec, epoch_seconds
 from engine.timeline import DESIGNED_FALSE_ALARM_RATE, iso
-from engine.unit_bootstrap import UnitAccumulator, UnitSpec, cost_message, take_replicates
+from engine.unit_bootstrap import UnitAccumulator, UnitSpec, accumulator, cost_message, take_replicates
 from kernels import get_kernels
 
 
@@ -226,11 +226,7 @@ def run_check(
             src_on, src_off, src_out, spec,
             batch_size=cfg.batch_size, memory_limit=cfg.duckdb_memory_limit,
         )
-        options = dict(paired=has_offline, with_value=with_value, windows=windows)
-        acc = (
-            Accumulator(layout, kernels, **options) if unit is None
-            else UnitAccumulator(layout, kernels, unit=unit, **options)
-        )
+        acc = accumulator(layout, kernels, unit, paired=has_offline, with_value=with_value, windows=windows)
         if unit is not None and kernels.name == "cpu":
             _warn_unit_cost(src_on, given["online"], unit, acc)
         execution: dict[str, Any] = {"mode": "stream"}

@@ -288,6 +288,14 @@ class UnitAccumulator(Accumulator):
         return out
 
 
+def accumulator(layout: Layout, kernels, unit: "UnitSpec | None" = None, **options: Any) -> Accumulator:
+    """The accumulator of a check: with the unit-level bootstrap's counts when ``unit`` is
+    given (``options``: those of :class:`engine.stats.Accumulator`)."""
+    if unit is None:
+        return Accumulator(layout, kernels, **options)
+    return UnitAccumulator(layout, kernels, unit=unit, **options)
+
+
 def coarse_feature_maps(layout: Layout) -> list[np.ndarray]:
     """Per feature, fine bin -> coarse bin: the maps ``CellBootstrap.coarsen`` uses."""
     from engine.measure import fine_resolution
