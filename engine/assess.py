@@ -16,7 +16,7 @@ import numpy as np
 
 from engine import measure as ME
 from engine import metrics as M
-from engine.bootstrap import CellBootstrap, drift_null
+from engine.bootstrap import BaselineDraws, CellBootstrap, drift_null
 from engine.compare import Evidence, Finding, Judge
 from engine.config import Config
 from engine.encode import Layout
@@ -92,31 +92,25 @@ def evidence(
     seed: int = 0,
     whole_run: bool = False,
     slice_keys: np.ndarray | None = None,
-    baseline_cache: dict | None = None,
+    baseline_draws: BaselineDraws | None = None,
     need: ME.Need = ME.ALL,
 ) -> Evidence:
     """Measure the online and baseline grids, draw the replicates (``bootstrap`` > 0) and the
     drift statistics' null, and put it all in an :class:`Evidence`. ``whole_run`` adds the
     facts that belong to the whole run (duplicates, table-level data quality);
     ``slice_keys`` key the online draws of grids whose slices are not the layout's (derived
-    ones). ``baseline_cache``: a dict kept across calls with the same ``base``, ``bootstrap``
-    and ``seed`` (the time windows): the baseline's metrics and draws are made once, keyed
-    by the layout's own slices. ``need``: only the metric groups it asks for (localisation's
+    ones). ``baseline_draws``: the baseline's bootstrap draws, made once by the caller (the
+    time windows share one); ``need``: only the metric groups it asks for (localisation's
     remainders)."""
     layout = ctx.layout
     fine = ME.fine_resolution(layout)
-    cache = {} if baseline_cache is None else baseline_cache
     online_vals = ME.measure(on, base, fine, layout, need)
-    if "values" not in cache:
-        cache["values"] = ME.measure(base, None, fine, layout, need.of_baseline())
-    baseline_vals = cache["values"]
+    baseline_vals = ME.measure(base, None, fine, layout, need.of_baseline())
     reps_on = reps_base = null = None
     if bootstrap > 0:
         unit = ctx.unit_replicates if whole_run else None  # windows, localisation: cell-level
         boot = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys, unit=unit)
-        if baseline_cache is not None and "draws" not in cache:
-            cache["draws"] = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed).baseline_draws(base)
-        reps = boot.run(on, base, shared=cache.get("draws"), fine_online=online_vals, need=need)
+        reps = boot.run(on, base, shared=baseline_draws, fine_online=online_vals, need=need)
         reps_on, reps_base = reps.online, reps.baseline
     drift = need.drift("score") or need.any_feature()
     null = drift_null(on, base, layout, max(bootstrap, 1), seed) if drift else None

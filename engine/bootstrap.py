@@ -548,8 +548,6 @@ def rate_difference_interval(
     k_base: np.ndarray,
     n_base: np.ndarray,
     level: float = 0.95,
-    *,
-    base_interval: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Interval of ``k_on / n_on - k_base / n_base`` for independent samples.
 
@@ -558,13 +556,12 @@ def rate_difference_interval(
         lo = d - sqrt((p_on - l_on)**2 + (u_base - p_base)**2)
         hi = d + sqrt((u_on - p_on)**2 + (p_base - l_base)**2)
 
-    NaN where either denominator is 0. ``base_interval``: the baseline side's
-    :func:`rate_interval`, when the caller has it already.
+    NaN where either denominator is 0.
     """
     k_on, n_on = np.rint(np.asarray(k_on, dtype=np.float64)), np.asarray(n_on, dtype=np.float64)
     k_base, n_base = np.rint(np.asarray(k_base, dtype=np.float64)), np.asarray(n_base, dtype=np.float64)
     l_on, u_on = rate_interval(k_on, n_on, level)
-    l_b, u_b = rate_interval(k_base, n_base, level) if base_interval is None else base_interval
+    l_b, u_b = rate_interval(k_base, n_base, level)
     with np.errstate(divide="ignore", invalid="ignore"):
         p_on = np.where(n_on > 0, k_on / np.where(n_on > 0, n_on, 1.0), np.nan)
         p_b = np.where(n_base > 0, k_base / np.where(n_base > 0, n_base, 1.0), np.nan)

@@ -37,7 +37,6 @@ from engine.bootstrap import (
     RATE_METRICS,
     one_sided_p_value,
     benjamini_hochberg,
-    norm_sf,
     percentile_interval,
     rate_difference_interval,
     rate_interval,
@@ -212,7 +211,6 @@ class Judge:
         self.block = len(layout.slice_labels())
         self.labels = layout.slice_labels() * blocks
         self.thresholds = list(layout.thresholds)
-        self._rate_memo: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ public
     def findings(self, ev: Evidence, windows: list[dict[str, str]] | None = None) -> list[Finding]:
@@ -362,9 +360,7 @@ class Judge:
         if spec.family == "performance":
             base = value - diff
             n_base = np.asarray(ev.baseline_n[(name, "online", None)], dtype=np.float64)
-            lo, hi = rate_difference_interval(
-                value * n, n, base * n_base, n_base, self.level, base_interval=self._baseline_interval(base, n_base)
-            )
+            lo, hi = rate_difference_interval(value * n, n, base * n_base, n_base, self.level)
         else:
             lo, hi = rate_interval(value * n, n, self.level)
         if ev.unit_level:
@@ -374,15 +370,6 @@ class Judge:
             lo, hi = np.fmin(lo, p_lo), np.fmax(hi, p_hi)
         # the p-value's standard error: the bootstrap's, never below the interval's width
         return lo, hi, np.fmax(se, (hi - lo) / (2 * self.z))
-
-    def _baseline_interval(self, rate: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`rate_interval` of the baseline's rates, remembered: the windows of a check
-        judge the same baseline again and again."""
-        k = np.rint(rate * n)
-        memo = (k.tobytes(), n.tobytes())
-        if memo not in self._rate_memo:
-            self._rate_memo[memo] = rate_interval(k, n, self.level)
-        return self._rate_memo[memo]
 
     def _baseline_n(self, key, spec: MetricSpec, shape: tuple, ev: Evidence) -> np.ndarray:
         """The baseline's denominator of each test (inf where the metric has none)."""
@@ -590,14 +577,10 @@ class Judge:
 
     def _p_value(self, t: _Test, tol: Tolerance, margin: float) -> float:
         """One-sided p-value of exceeding the tolerance (a floor: ``expected`` is the bound,
-        so ``diff`` is the value's distance to it and the margin is 0)."""
-        if not math.isfinite(t.se):
-            return float("nan")
-        if t.se <= 0:  # a degenerate interval: the point decides
-            up = 0.0 if t.diff - margin > 0 else 1.0
-            down = 0.0 if -margin - t.diff > 0 else 1.0
-            return {"increase": up, "decrease": down}.get(tol.bad, min(up, down))
-        return float(one_sided_p_value(t.diff, margin, t.se, tol.bad))
+        so ``diff`` is the value's distance to it and the margin is 0): :func:`_p_values`
+        of one test."""
+        one = lambda x: np.array([x], dtype=np.float64)  # noqa: E731
+        return float(_p_values(one(t.diff), one(margin), one(t.se), np.array([tol.bad], dtype=object))[0])
 
     # ------------------------------------------------------------------ causes
     def _causes(self, tests: list[_Test], ev: Evidence) -> None:
@@ -692,12 +675,11 @@ class Judge:
 
 
 def _p_values(diff: np.ndarray, margin: np.ndarray, se: np.ndarray, bad: np.ndarray) -> np.ndarray:
-    """:meth:`Judge._p_value` of many tests at once (the same arithmetic, element by
-    element): NaN without a standard error; a degenerate interval (``se`` 0): the point
-    decides."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p_up = norm_sf((diff - margin) / se)
-        p_down = norm_sf((-margin - diff) / se)
+    """One-sided p-values of exceeding the tolerance, test by test (``bad``: the direction
+    of each; :func:`engine.bootstrap.one_sided_p_value`'s arithmetic): NaN without a
+    standard error; a degenerate interval (``se`` 0): the point decides."""
+    p_up = one_sided_p_value(diff, margin, se, "increase")
+    p_down = one_sided_p_value(diff, margin, se, "decrease")
     degenerate = se <= 0
     p_up = np.where(degenerate, np.where(diff - margin > 0, 0.0, 1.0), p_up)
     p_down = np.where(degenerate, np.where(-margin - diff > 0, 0.0, 1.0), p_down)

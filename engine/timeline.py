@@ -115,13 +115,13 @@ def judge_windows(acc: Accumulator, stats: Statistics, spec: WindowSpec, baselin
         [keys ^ np.uint64(stable_key(f"window:{spec.bounds(k)[0]}")) for k, _ in per_window]
     )
     bootstrap = min(cfg.bootstrap, WINDOW_BOOTSTRAP)
-    cache: dict = {}
+    draws = None
     if bootstrap > 0:
         draws = CellBootstrap(inner.layout, ctx.kernels, replicates=bootstrap, seed=cfg.seed).baseline_draws(baseline)
-        cache["draws"] = draws.repeated(W)
+        draws = draws.repeated(W)
     ev = evidence(
         on, ME.stack_slices([baseline] * W), ctx_w, bootstrap=bootstrap, seed=cfg.seed, slice_keys=window_keys,
-        baseline_cache=cache,
+        baseline_draws=draws,
     )
     labels = [window_label(spec, k) for k, _ in per_window]
     young = {lab["start"] for (k, _), lab in zip(per_window, labels) if horizon is not None and spec.bounds(k)[1] > spec.latest - horizon}
