@@ -548,7 +548,9 @@ class Judge:
         diff = np.array([t.diff for t in judged], dtype=np.float64)
         se = np.array([t.se for t in judged], dtype=np.float64)
         margin, bad = np.array(margins, dtype=np.float64), np.array(bads, dtype=object)
-        for t, p, p_half in zip(judged, _p_values(diff, margin, se, bad), _p_values(diff, margin / 2, se, bad)):
+        p_full = tolerance_p_values(diff, margin, se, bad)
+        p_halves = tolerance_p_values(diff, margin / 2, se, bad)
+        for t, p, p_half in zip(judged, p_full, p_halves):
             t.p_value, t.p_warn = float(p), float(p_half)
         testable = [t for t in tests if not t.insufficient and not t.duplicate and math.isfinite(t.p_value)]
         by_block: dict[int, list[_Test]] = {}
@@ -574,13 +576,6 @@ class Judge:
                 twin = twins.get((t.key[0], "online", t.key[2], t.s, t.threshold))
                 if twin is not None:
                     t.status, t.p_value, t.severity = twin.status, twin.p_value, twin.severity
-
-    def _p_value(self, t: _Test, tol: Tolerance, margin: float) -> float:
-        """One-sided p-value of exceeding the tolerance (a floor: ``expected`` is the bound,
-        so ``diff`` is the value's distance to it and the margin is 0): :func:`_p_values`
-        of one test."""
-        one = lambda x: np.array([x], dtype=np.float64)  # noqa: E731
-        return float(_p_values(one(t.diff), one(margin), one(t.se), np.array([tol.bad], dtype=object))[0])
 
     # ------------------------------------------------------------------ causes
     def _causes(self, tests: list[_Test], ev: Evidence) -> None:
@@ -674,7 +669,7 @@ class Judge:
         )
 
 
-def _p_values(diff: np.ndarray, margin: np.ndarray, se: np.ndarray, bad: np.ndarray) -> np.ndarray:
+def tolerance_p_values(diff: np.ndarray, margin: np.ndarray, se: np.ndarray, bad: np.ndarray) -> np.ndarray:
     """One-sided p-values of exceeding the tolerance, test by test (``bad``: the direction
     of each; :func:`engine.bootstrap.one_sided_p_value`'s arithmetic): NaN without a
     standard error; a degenerate interval (``se`` 0): the point decides."""

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from engine.catalogue import METRICS, Tolerance
-from engine.compare import Finding, Judge
+from engine.compare import Finding, Judge, tolerance_p_values
 from engine.config import Config
 from engine.encode import Layout, stable_key
 from engine import measure as ME
@@ -380,22 +380,31 @@ def _judge_remainders(
     removed = {k: float(1.0 - rows_left[r] / rows_all[plus[r]]) if rows_all[plus[r]] > 0 else 1.0 for r, k in enumerate(keys)}
     excess: dict[tuple, float] = {}
     quiet: dict[tuple, bool] = {}
+    judged: list[tuple] = []  # (test, its key, excess, margin, ci beyond): p-values in one call
     for t in tests:
         name, scores, feature = t.key
-        key = (name, scores, feature, t.threshold, json.dumps(None))
+        key = (keys[t.s], (name, scores, feature, t.threshold, json.dumps(None)))
         if t.insufficient:
-            e, ok = -math.inf, True
-        else:
-            tol = t.spec.tolerance_spec
-            e = _scaled_excess(tol, t.diff, t.expected)
-            if not math.isfinite(e):
-                continue
-            margin = 0.0 if tol.kind == "floor" else float(tol.margin(t.expected))
-            ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else e > 0
-            p_warn = judge._p_value(t, tol, margin / 2)
-            ok = not ci_beyond and not (p_warn < config.fdr_q) if math.isfinite(p_warn) else e <= 0
-        excess[(keys[t.s], key)] = e
-        quiet[(keys[t.s], key)] = ok
+            excess[key], quiet[key] = -math.inf, True
+            continue
+        tol = t.spec.tolerance_spec
+        e = _scaled_excess(tol, t.diff, t.expected)
+        if not math.isfinite(e):
+            continue
+        margin = 0.0 if tol.kind == "floor" else float(tol.margin(t.expected))
+        ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else e > 0
+        judged.append((t, key, e, margin, ci_beyond))
+    if judged:
+        column = lambda get: np.array([get(j) for j in judged], dtype=np.float64)  # noqa: E731
+        p_warn = tolerance_p_values(
+            column(lambda j: j[0].diff),
+            column(lambda j: j[3] / 2),
+            column(lambda j: j[0].se),
+            np.array([j[0].spec.tolerance_spec.bad for j in judged], dtype=object),
+        )
+        for (t, key, e, _, ci_beyond), p in zip(judged, p_warn):
+            excess[key] = e
+            quiet[key] = not ci_beyond and not (p < config.fdr_q) if math.isfinite(p) else e <= 0
     return excess, quiet, removed
 
 

@@ -313,12 +313,16 @@ class Accumulator:
         # travels as one more, virtual, column whose index is the row's code in it
         self._virtual = [d for d in self._dims if len(d) > 2]
         # ``window_blocks``: the pass that accumulates every window at once; each dimension
-        # is virtual, its code ``window * size + code`` (the population alone without slices)
+        # is virtual, and the judged ones (the population alone without slices) are crossed
+        # with the window: code ``window * size + code``. The atoms are not: they serve the
+        # whole period's localisation only.
         self._window_blocks = window_blocks
+        self._n_crossed = 0
         if window_blocks:
             self._dims = self._dims or [()]
             self._virtual = list(self._dims)
-        sizes = [layout.dim_size(d) * max(1, window_blocks) for d in self._dims]
+            self._n_crossed = max(1, len(layout.dims))
+        sizes = [layout.dim_size(d) * (window_blocks if i < self._n_crossed else 1) for i, d in enumerate(self._dims)]
         self._n_raw = max(1, sum(sizes))
         self._whole_from = sizes[0] if sizes else 1
         self._dim_offsets = (
@@ -347,11 +351,15 @@ class Accumulator:
             judged = dataclasses.replace(layout, atoms=())
             self._per_window = Accumulator(judged, kernels, paired=paired, with_value=with_value)
             inner = self._per_window
-            if inner._n_raw * windows.blocks * N_LABEL_STATES * self._n_fine <= WINDOW_PASS_CELLS:
+            crossed = inner._n_raw * windows.blocks + layout.n_atoms
+            if crossed * N_LABEL_STATES * self._n_fine <= WINDOW_PASS_CELLS:
+                # one kernel call per batch for every window and the whole period: the whole
+                # period's judged cells are the sum of the windows' (exact integers)
                 self._window_pass = Accumulator(
-                    judged, kernels, paired=paired, with_value=with_value, window_blocks=windows.blocks
+                    layout, kernels, paired=paired, with_value=with_value, window_blocks=windows.blocks
                 )
                 self._window_src, self._window_dq = self._window_pass._window_order(inner)
+                self._pass_dq = [self._window_pass._dq_flags.index(f) for f in self._dq_flags]
         if cells > MAX_GRID_CELLS:
             raise ConfigError(
                 f"The layout has {layout.n_slices:,} slices x {self._n_fine:,} score bins = {cells:,} cells "
@@ -365,7 +373,7 @@ class Accumulator:
         data-quality flags of ``inner``'s (the pass has a placeholder per virtual column)."""
         blocks = self._window_blocks
         src = np.empty((blocks, inner._n_raw), np.int64)
-        for d, dim in enumerate(self._dims):
+        for d, dim in enumerate(self._dims[: self._n_crossed]):
             size = self.layout.dim_size(dim)
             start = int(inner._dim_offsets[d]) if inner._dims else 0
             for w in range(blocks):
@@ -423,11 +431,11 @@ class Accumulator:
         for col in self.layout.slice_columns:
             per_col[col], unseen[col] = categorical_codes(batch.column(col), self.layout.slice_codes[col])
         rows = []
-        for dim in self._dims:
+        for d, dim in enumerate(self._dims):
             code = np.zeros(n, dtype=np.int64)
             for col in dim:
                 code = code * self.layout.slice_codes[col].size + per_col[col]
-            if window is not None:
+            if window is not None and d < self._n_crossed:
                 code = window * self.layout.dim_size(dim) + code
             rows.append(code.astype(np.int32))
         if not rows:
@@ -443,6 +451,8 @@ class Accumulator:
         block (the window pass only)."""
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
+        if self._window_pass is not None:
+            return self._from_window_pass(batch)
         if getattr(self.kernels, "fused", False):
             stats = self._batch_fused(batch, window)
         else:
@@ -451,18 +461,27 @@ class Accumulator:
             self._add_windows(stats, batch)
         return stats
 
+    def _from_window_pass(self, batch: pa.RecordBatch) -> Statistics:
+        """The batch's statistics through the window pass alone: its windows' cells become
+        the ``win/`` statistics, their sum over the windows the whole period's judged cells,
+        and its atoms (not crossed) the whole period's."""
+        spec, inner, wp = self.windows, self._per_window, self._window_pass
+        w = spec.index(batch.column(spec.column))
+        sub = wp.batch_statistics(batch, window=w.astype(np.int64))
+        atoms = slice(wp._n_raw - self.layout.n_atoms, wp._n_raw)
+        raw: dict[str, np.ndarray] = {}
+        for name, arr in sub.raw.items():
+            win = arr[:, self._window_src]  # (V, window, judged slice, ...)
+            whole = np.concatenate([win.sum(axis=1), arr[:, atoms]], axis=1)
+            raw[name] = whole[..., self._pass_dq] if name == "dq" else whole
+            raw["win/" + name] = win[..., self._window_dq] if name == "dq" else win
+        return Statistics(self.layout_id, self._n_raw, self._whole_from, raw, sub.rows)
+
     def _add_windows(self, stats: Statistics, batch: pa.RecordBatch) -> None:
-        """Accumulate the batch's rows per window into ``win/`` statistics: in one more pass
-        over the batch, windows crossed into every dimension; where that many cells would not
-        fit, window by window."""
+        """Accumulate the batch's rows per window into ``win/`` statistics, window by window
+        (where the window pass's cells would not fit)."""
         spec, inner = self.windows, self._per_window
         w = spec.index(batch.column(spec.column))
-        if self._window_pass is not None:
-            sub = self._window_pass.batch_statistics(batch, window=w.astype(np.int64))
-            for name, arr in sub.raw.items():
-                win = arr[:, self._window_src]
-                stats.raw["win/" + name] = win[..., self._window_dq] if name == "dq" else win
-            return
         counts = np.bincount(w, minlength=spec.blocks)
         order = np.argsort(w, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)])
@@ -598,7 +617,7 @@ class Accumulator:
         layout, n = self.layout, batch.num_rows
         cols = layout.slice_columns
         parts = [dictionary_parts(batch.column(c), layout.slice_codes[c]) for c in cols]
-        for dim in self._virtual:
+        for i, dim in enumerate(self._virtual):
             code = np.zeros(n, dtype=np.int64)
             for c in dim:
                 idx, lut, _ = parts[cols.index(c)]
@@ -606,7 +625,7 @@ class Accumulator:
                 per_row = np.where(idx >= 0, lut[np.maximum(idx, 0)] if lut.size else null, null)
                 code = code * layout.slice_codes[c].size + per_row
             size = layout.dim_size(dim)
-            if window is not None:
+            if window is not None and i < self._n_crossed:  # the window pass: _virtual is _dims
                 code, size = window * size + code, size * self._window_blocks
             parts.append((code.astype(np.int32), np.arange(size, dtype=np.int32), np.zeros(size, bool)))
         cols = tuple(cols) + tuple(_virtual_name(d) for d in self._virtual)
@@ -621,10 +640,13 @@ class Accumulator:
             [layout.slice_codes[c].size - 1 if c in layout.slice_codes else 0 for c in cols], dtype=np.int32
         )
         if self._dims:
-            dims = [(_virtual_name(d),) if d in self._virtual else d for d in self._dims]
-            dim_a = np.array([cols.index(d[0]) for d in dims], np.int32)
-            dim_b = np.array([cols.index(d[1]) if len(d) > 1 else -1 for d in dims], np.int32)
-            dim_b_size = np.array([layout.slice_codes[d[1]].size if len(d) > 1 else 1 for d in dims], np.int64)
+            # a virtual dimension reads its own column, by position (in the window pass an
+            # atoms dimension may have the columns, and so the name, of a judged cross)
+            n_real, virtual = len(layout.slice_columns), iter(range(len(self._virtual)))
+            dims = [(n_real + next(virtual),) if d in self._virtual else tuple(cols.index(c) for c in d) for d in self._dims]
+            dim_a = np.array([d[0] for d in dims], np.int32)
+            dim_b = np.array([d[1] if len(d) > 1 else -1 for d in dims], np.int32)
+            dim_b_size = np.array([layout.slice_codes[cols[d[1]]].size if len(d) > 1 else 1 for d in dims], np.int64)
         else:  # no slice columns: one dimension whose only code is the population
             col_index = np.zeros((1, n), np.int32)
             col_lut = np.zeros((1, 1), np.int32)

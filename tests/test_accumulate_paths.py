@@ -218,3 +218,9 @@ def test_each_window_has_exactly_the_statistics_of_its_rows(layout, fused, one_p
         assert got.rows == rows.size
         for name, arr in expect.raw.items():
             np.testing.assert_array_equal(got.raw[name], arr, err_msg=f"window {b}, grid {name}")
+    # the whole period (judged slices and atoms) is what an accumulator without windows has,
+    # though the window pass computes it as the sum of the windows
+    plain = Accumulator(layout, kernels, paired=True, with_value=True).accumulate(table.to_batches(max_chunksize=1500))
+    assert layout.atoms and stats.rows == plain.rows == n
+    for name, arr in plain.raw.items():
+        np.testing.assert_array_equal(stats.raw[name], arr, err_msg=f"whole period, grid {name}")
