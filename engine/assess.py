@@ -105,7 +105,10 @@ def evidence(
     layout = ctx.layout
     fine = ME.fine_resolution(layout)
     online_vals = ME.measure(on, base, fine, layout, need)
-    baseline_vals = ME.measure(base, None, fine, layout, need.of_baseline())
+    # the baseline's draws carry its metrics (the windows: measured once, not once a window)
+    baseline_vals = (
+        baseline_draws.fine if baseline_draws is not None else ME.measure(base, None, fine, layout, need.of_baseline())
+    )
     reps_on = reps_base = null = None
     if bootstrap > 0:
         unit = ctx.unit_replicates if whole_run else None  # windows, localisation: cell-level

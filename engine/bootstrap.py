@@ -384,14 +384,13 @@ def percentile_interval(reps: np.ndarray, level: float = 0.95) -> tuple[np.ndarr
     hi = np.empty(flat.shape[1])
     has_nan = np.isnan(flat).any(0)
     clean = ~has_nan
+    # both ends in one call: one partition of each column (the same numbers as two calls)
     if clean.any():
-        lo[clean] = np.quantile(flat[:, clean], alpha, axis=0)
-        hi[clean] = np.quantile(flat[:, clean], 1.0 - alpha, axis=0)
+        lo[clean], hi[clean] = np.quantile(flat[:, clean], [alpha, 1.0 - alpha], axis=0)
     if has_nan.any():
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            lo[has_nan] = np.nanquantile(flat[:, has_nan], alpha, axis=0)
-            hi[has_nan] = np.nanquantile(flat[:, has_nan], 1.0 - alpha, axis=0)
+            lo[has_nan], hi[has_nan] = np.nanquantile(flat[:, has_nan], [alpha, 1.0 - alpha], axis=0)
     return lo.reshape(reps.shape[1:]), hi.reshape(reps.shape[1:])
 
 
@@ -532,9 +531,12 @@ def rate_interval(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np
     hi = np.full(k.shape, np.nan)
     inner = (n > 0) & (k > 0) & (k < n)
     if inner.any():
-        a, b = k[inner] + 0.5, n[inner] - k[inner] + 0.5
-        lo[inner] = _beta_ppf(alpha / 2.0, a, b)
-        hi[inner] = _beta_ppf(1.0 - alpha / 2.0, a, b)
+        # each distinct (k, n) once: stacked time windows repeat the baseline's counts, and
+        # each value's quantile depends on its own (a, b) only
+        pairs, back = np.unique(np.stack([k[inner], n[inner]], axis=1), axis=0, return_inverse=True)
+        a, b = pairs[:, 0] + 0.5, pairs[:, 1] - pairs[:, 0] + 0.5
+        lo[inner] = _beta_ppf(alpha / 2.0, a, b)[back.ravel()]
+        hi[inner] = _beta_ppf(1.0 - alpha / 2.0, a, b)[back.ravel()]
     edge = (n > 0) & ((k == 0) | (k == n))
     if edge.any():
         cl, ch = clopper_pearson_degenerate(k[edge], n[edge], level)

@@ -97,6 +97,10 @@ class Finding:
         )
 
 
+#: ``json.dumps(..., separators=(",", ":"))`` without building an encoder per call.
+_ID_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def finding_id(
     metric: str,
     scores: str | None,
@@ -107,9 +111,8 @@ def finding_id(
 ) -> str:
     """``f-`` and 12 hex digits of a hash of the finding's key: the same test in two runs (or
     two windows' findings and their incident) always has the same id."""
-    key = json.dumps(
-        [metric, scores, sorted(slice_.items()), None if window is None else window.get("start"), feature, threshold],
-        separators=(",", ":"),
+    key = _ID_ENCODER.encode(
+        [metric, scores, sorted(slice_.items()), None if window is None else window.get("start"), feature, threshold]
     )
     return "f-" + hashlib.sha1(key.encode()).hexdigest()[:12]
 

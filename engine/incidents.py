@@ -383,7 +383,7 @@ def _judge_remainders(
     judged: list[tuple] = []  # (test, its key, excess, margin, ci beyond): p-values in one call
     for t in tests:
         name, scores, feature = t.key
-        key = (keys[t.s], (name, scores, feature, t.threshold, json.dumps(None)))
+        key = (keys[t.s], (name, scores, feature, t.threshold, "null"))  # test_key's, whole period
         if t.insufficient:
             excess[key], quiet[key] = -math.inf, True
             continue
