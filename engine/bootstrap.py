@@ -479,8 +479,8 @@ def _beta_cdf(x: np.ndarray, a: np.ndarray, b: np.ndarray, log_beta: np.ndarray)
     return np.where(swap, 1.0 - value, value)
 
 
-def _beta_ppf(q: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The ``q`` quantile of Beta(a, b), ``a, b > 0``.
+def _beta_ppf(q: float | np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The ``q`` quantile of Beta(a, b), ``a, b > 0`` (``q``: one, or one per value).
 
     Newton's method on ``log x`` from a logit-normal start, kept inside a bracket (a step
     that leaves it is replaced by a geometric bisection), iterating only on the values not yet
@@ -490,8 +490,10 @@ def _beta_ppf(q: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
+    q = np.broadcast_to(np.asarray(q, dtype=np.float64), a.shape)
     log_beta = _log_beta(a, b)
-    z = NormalDist().inv_cdf(q)
+    inv_cdf = {v: NormalDist().inv_cdf(v) for v in np.unique(q).tolist()}
+    z = np.array([inv_cdf[v] for v in q.tolist()], dtype=np.float64)
     x = 1.0 / (1.0 + np.exp(-(np.log(a / b) + z * np.sqrt(1.0 / a + 1.0 / b))))
     x = np.clip(x, 1e-300, 1.0 - 1e-16)
     lo, hi = np.zeros_like(a), np.ones_like(a)
@@ -500,7 +502,7 @@ def _beta_ppf(q: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if active.size == 0:
             break
         xa, aa, ba, lb = x[active], a[active], b[active], log_beta[active]
-        f = _beta_cdf(xa, aa, ba, lb) - q
+        f = _beta_cdf(xa, aa, ba, lb) - q[active]
         la = np.where(f < 0, xa, lo[active])
         ha = np.where(f >= 0, xa, hi[active])
         lo[active], hi[active] = la, ha
@@ -533,10 +535,12 @@ def rate_interval(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np
     if inner.any():
         # each distinct (k, n) once: stacked time windows repeat the baseline's counts, and
         # each value's quantile depends on its own (a, b) only
+        # and both ends in one call (fewer, longer array operations)
         pairs, back = np.unique(np.stack([k[inner], n[inner]], axis=1), axis=0, return_inverse=True)
         a, b = pairs[:, 0] + 0.5, pairs[:, 1] - pairs[:, 0] + 0.5
-        lo[inner] = _beta_ppf(alpha / 2.0, a, b)[back.ravel()]
-        hi[inner] = _beta_ppf(1.0 - alpha / 2.0, a, b)[back.ravel()]
+        q = np.repeat([alpha / 2.0, 1.0 - alpha / 2.0], a.size)
+        ends = _beta_ppf(q, np.tile(a, 2), np.tile(b, 2)).reshape(2, -1)
+        lo[inner], hi[inner] = ends[0][back.ravel()], ends[1][back.ravel()]
     edge = (n > 0) & ((k == 0) | (k == n))
     if edge.any():
         cl, ch = clopper_pearson_degenerate(k[edge], n[edge], level)
@@ -562,8 +566,10 @@ def rate_difference_interval(
     """
     k_on, n_on = np.rint(np.asarray(k_on, dtype=np.float64)), np.asarray(n_on, dtype=np.float64)
     k_base, n_base = np.rint(np.asarray(k_base, dtype=np.float64)), np.asarray(n_base, dtype=np.float64)
-    l_on, u_on = rate_interval(k_on, n_on, level)
-    l_b, u_b = rate_interval(k_base, n_base, level)
+    k_on, n_on, k_base, n_base = np.broadcast_arrays(k_on, n_on, k_base, n_base)
+    # both sides in one call
+    lows, ups = rate_interval(np.stack([k_on, k_base]), np.stack([n_on, n_base]), level)
+    (l_on, l_b), (u_on, u_b) = lows, ups
     with np.errstate(divide="ignore", invalid="ignore"):
         p_on = np.where(n_on > 0, k_on / np.where(n_on > 0, n_on, 1.0), np.nan)
         p_b = np.where(n_base > 0, k_base / np.where(n_base > 0, n_base, 1.0), np.nan)
