@@ -35,7 +35,6 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import engine.assess as A  # noqa: E402
 import engine.bootstrap as B  # noqa: E402
 import engine.pipeline as P  # noqa: E402
 import engine.stats as S  # noqa: E402

@@ -465,7 +465,7 @@ class Accumulator:
         """The batch's statistics through the window pass alone: its windows' cells become
         the ``win/`` statistics, their sum over the windows the whole period's judged cells,
         and its atoms (not crossed) the whole period's."""
-        spec, inner, wp = self.windows, self._per_window, self._window_pass
+        spec, wp = self.windows, self._window_pass
         w = spec.index(batch.column(spec.column))
         sub = wp.batch_statistics(batch, window=w.astype(np.int64))
         atoms = slice(wp._n_raw - self.layout.n_atoms, wp._n_raw)
