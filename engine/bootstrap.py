@@ -533,9 +533,8 @@ def rate_interval(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np
     hi = np.full(k.shape, np.nan)
     inner = (n > 0) & (k > 0) & (k < n)
     if inner.any():
-        # each distinct (k, n) once: stacked time windows repeat the baseline's counts, and
-        # each value's quantile depends on its own (a, b) only
-        # and both ends in one call (fewer, longer array operations)
+        # each distinct (k, n) once (stacked time windows repeat the baseline's counts; a
+        # value's quantile depends on its own (a, b) only), both ends in one call
         pairs, back = np.unique(np.stack([k[inner], n[inner]], axis=1), axis=0, return_inverse=True)
         a, b = pairs[:, 0] + 0.5, pairs[:, 1] - pairs[:, 0] + 0.5
         q = np.repeat([alpha / 2.0, 1.0 - alpha / 2.0], a.size)
