@@ -17,7 +17,7 @@ from numba import cuda
 from engine.stats import Accumulator
 from kernels.cpu import CpuKernels
 from kernels.cuda import CudaKernels
-from kernels.cuda import _fused, _kernels, _launch
+from kernels.cuda import _fused, _kernels, _launch, _staging
 from test_accumulate_paths import _table, build_layout
 
 pytestmark = pytest.mark.cudasim
@@ -97,19 +97,25 @@ def test_canonical_layout():
 
 @pytest.fixture
 def copies(monkeypatch):
-    """Every array handed to ``cuda.to_device`` and to a kernel launch while the test runs."""
-    seen: dict[str, list] = {"to_device": [], "launch": []}
-    real_to_device, real_launch = cuda.to_device, _launch.launch
+    """Every host array handed to ``cuda.to_device``, to the staged copies
+    (``_staging.copy_up``) and to a kernel launch while the test runs."""
+    seen: dict[str, list] = {"to_device": [], "staged": [], "launch": []}
+    real_to_device, real_launch, real_copy_up = cuda.to_device, _launch.launch, _staging.copy_up
 
     def to_device(a, *args, **kw):
         seen["to_device"].append((a.shape, a.strides, a.dtype))
         return real_to_device(a, *args, **kw)
+
+    def copy_up(dst, src, stream):
+        seen["staged"].append((src.shape, src.strides, src.dtype))
+        return real_copy_up(dst, src, stream)
 
     def launch(kernel, config, *args):
         seen["launch"].extend(type(a) for a in args)
         return real_launch(kernel, config, *args)
 
     monkeypatch.setattr(cuda, "to_device", to_device)
+    monkeypatch.setattr(_staging, "copy_up", copy_up)
     monkeypatch.setattr(_launch, "launch", launch)
     return seen
 
@@ -130,27 +136,19 @@ def test_views_reach_to_device_as_fresh_arrays(copies):
 
 def test_gpu_accumulation_copies_only_fresh_arrays_and_launches_device_arrays(layout, copies):
     table = _table(60, 2)
-    Accumulator(layout, gpu(), paired=True, with_value=True).accumulate(table.to_batches())
+    Accumulator(layout, gpu(), paired=True, with_value=True).accumulate(table.to_batches(max_chunksize=25))
     assert copies["launch"], "no kernel was launched"
-    assert all(_fresh(*c) for c in copies["to_device"]), copies["to_device"]
+    assert copies["staged"], "no column went through the pinned staging"
+    for what in ("to_device", "staged"):
+        assert all(_fresh(*c) for c in copies[what]), copies[what]
     assert not any(issubclass(t, np.ndarray) for t in copies["launch"])
 
 
-def test_launch_refuses_host_arrays():
-    out = cuda.device_array(4, dtype=np.int64)
-    _launch.launch(_kernels.probe_kernel, (1, 4), out)
-    with pytest.raises(TypeError, match="host array"):
-        _launch.launch(_kernels.probe_kernel, (1, 4), np.zeros(4, np.int64))
-
-
-def test_label_codes():
-    y = np.array([0.0, 1.0, np.nan, 2.0, -1.0, 1.0])
-    assert _launch.label_codes(y).tolist() == [0, 1, 2, 3, 3, 1]
-
-
-def test_rows_to_device_copies_each_column_into_its_row():
-    cols = [np.arange(5, dtype=np.float32), np.arange(10, dtype=np.float32)[::2]]
-    got = _launch.rows_to_device(cols, 5).copy_to_host()
-    assert got.dtype == np.float32 and np.array_equal(got, np.stack(cols))
-    with pytest.raises(ValueError, match="5 rows"):
-        _launch.rows_to_device([np.arange(4)], 5)
+def test_staged_copies_refuse_views():
+    """The one asynchronous copy refuses a layout Numba copies slowly."""
+    x = np.arange(8, dtype=np.int32)
+    d = cuda.device_array((1, 8), np.int32)
+    with pytest.raises(ValueError, match="canonically"):
+        _staging.copy_up(d, x[None, :], 0)
+    _staging.copy_up(d, x.reshape(1, 8), 0)
+    assert np.array_equal(d.copy_to_host()[0], x)

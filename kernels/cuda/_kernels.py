@@ -264,6 +264,13 @@ def copy_row_kernel(src, dst, row):
         dst[row, i] = src[i]
 
 
+@cuda.jit
+def zero_kernel(flat):
+    """``flat[:] = 0``: zeroes device statistics in place, without a copy from the host."""
+    for i in range(cuda.grid(1), flat.shape[0], cuda.gridsize(1)):
+        flat[i] = 0
+
+
 # --------------------------------------------------------------------------- fused accumulate
 #: Sections of the fused kernel's flat int64 output (see ``kernels.cuda._fused``): the
 #: fine online and replay counts, the four calibration sums of each side (p, p^2, log-loss

@@ -11,6 +11,10 @@ Inputs may be numpy arrays (copied to the device) or device arrays: a Numba devi
   one back; ``cupy.asarray`` wraps one without a copy).
 * Statistics are O(cells): :meth:`CudaKernels.histogram`, :meth:`CudaKernels.poisson_cells`
   and :meth:`CudaKernels.normal_cells` return host numpy arrays.
+* The accumulate stage keeps its statistics on the device: :meth:`CudaKernels.fused_add`
+  adds a batch into a :class:`~kernels.cuda._staging.DeviceStatistics` (its per-row
+  columns staged through reusable pinned buffers, copied and computed on two streams, see
+  ``kernels.cuda._staging``), which comes back once, when it is read.
 
 So the hot path is ``codes = k.bin_index(scores_on_device, edges)`` followed by
 ``k.histogram(outer, offsets, [codes_a, codes_b], ...)``: the rows never leave the GPU.
@@ -18,6 +22,7 @@ So the hot path is ``codes = k.bin_index(scores_on_device, edges)`` followed by
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -27,6 +32,7 @@ from numba.core import config
 
 from kernels import _rng
 from kernels.cuda import _fused, _kernels
+from kernels.cuda._staging import DeviceStatistics, Staging, canonical_layout
 
 ArrayLike = Any
 
@@ -45,22 +51,6 @@ def is_device_array(x: object) -> bool:
 
 def _simulated() -> bool:
     return bool(config.ENABLE_CUDASIM)
-
-
-def canonical_layout(a: np.ndarray) -> bool:
-    """Whether ``a`` is laid out as a fresh C-contiguous array: every stride, also of axes
-    of length 1, what ``np.empty(a.shape, a.dtype)`` would have.
-
-    numpy calls ``x[None, :]`` C-contiguous although its first stride is 0, and
-    ``np.ascontiguousarray`` returns it unchanged; Numba's ``cuda.to_device`` then copies it
-    through a slow path (10M int32 rows: 16 s instead of 6 ms on an H200, 2026-11-26).
-    """
-    expect = a.itemsize
-    for size, stride in zip(reversed(a.shape), reversed(a.strides)):
-        if stride != expect:
-            return False
-        expect *= size
-    return True
 
 
 def to_device(x: ArrayLike, dtype: np.dtype | type | None = None, stream: Any = 0) -> Any:
@@ -108,28 +98,6 @@ def _as_device(x: ArrayLike, dtype: np.dtype | type, what: str) -> Any:
             f"Got a device array of dtype {np.dtype(arr.dtype).name} instead."
         )
     return arr
-
-
-def rows_to_device(columns: Any, n: int, dtype: Any = None, stream: Any = 0) -> Any:
-    """``(R, n)`` device array from R host columns of length ``n`` (a list, a typed List,
-    or a 2-d array), one explicit copy per column into its row: no stacked copy on the host.
-
-    ``dtype`` defaults to the columns' common type (float32 columns stay float32).
-    """
-    if isinstance(columns, np.ndarray) and columns.ndim == 2:
-        return to_device(columns, dtype, stream=stream)
-    cols = [np.asarray(c) for c in columns]
-    if dtype is None:
-        dtype = np.result_type(*[c.dtype for c in cols]) if cols else np.float64
-    out = cuda.device_array((len(cols), n), dtype=dtype, stream=stream)
-    for r, col in enumerate(cols):
-        if col.shape != (n,):
-            raise ValueError(f"Every column must have {n} rows. Got shape {col.shape} instead.")
-        c = col.astype(dtype, copy=False)
-        if not canonical_layout(c):
-            c = np.array(c, order="C", copy=True)
-        out[r].copy_to_device(c, stream=stream)
-    return out
 
 
 def label_codes(label: np.ndarray) -> np.ndarray:
@@ -220,11 +188,16 @@ class CudaKernels:
         self._index_cache: dict[bytes, Any] = {}
         #: The section plan of the last :meth:`fused_accumulate` (``_fused.plan_sections``).
         self.last_fused_plan: np.ndarray | None = None
-        #: Set to a dict to time :meth:`fused_accumulate` by phase (seconds, summed over
-        #: calls: ``prepare`` on the host, ``upload``, ``kernel``, ``download``) and count
-        #: the bytes of per-row columns the kernel reads (``row_bytes``). Each phase is then
-        #: synchronised, so only benchmarks set it.
+        #: Set to a dict to time the fused accumulation by phase (seconds, summed over
+        #: calls: ``prepare`` (label codes, log-loss terms) and ``stage`` (copies into the
+        #: pinned buffers) on the host, ``upload``, ``kernel``, ``download``) and count
+        #: ``rows``, ``batches``, ``downloads`` and the bytes of per-row columns the kernel
+        #: reads (``row_bytes``). Each phase is then synchronised (nothing overlaps), so
+        #: only benchmarks and tests set it.
         self.profile: dict[str, float] | None = None
+        self._staging: Staging | None = None
+        # one caller at a time stages and launches: the pinned buffers are shared
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"CudaKernels(blocks={self.blocks}, threads={self.threads})"
@@ -493,13 +466,41 @@ class CudaKernels:
         n_shared = int(sum(plan[2, s] for s in range(plan.shape[1]) if plan[1, s] >= 0))
         return plan, staged, 8 * (n_shared + n_edges * staged)
 
+    @property
+    def staging(self) -> Staging:
+        """The double-buffered pinned staging of the per-row columns (made on first use)."""
+        if self._staging is None:
+            self._staging = Staging()
+        return self._staging
+
+    def device_zeros(self, shape: int | tuple[int, ...], dtype: Any) -> Any:
+        """A zeroed device array, zeroed by a kernel (no copy from the host)."""
+        out = cuda.device_array(shape, dtype=dtype)
+        flat = out.reshape(out.size)
+        if out.size:
+            launch(_kernels.zero_kernel, self._grid(out.size), flat)
+        return out
+
+    def fused_statistics(self) -> DeviceStatistics:
+        """Empty statistics on the device for :meth:`fused_add` to add batches into."""
+        return DeviceStatistics(self)
+
     def fused_accumulate(self, n_threads: int, *args: Any) -> tuple[np.ndarray, ...]:
         """Every grid of a batch in one kernel launch: ``kernels.cpu_fused.fused_accumulate``
         on the device, same arguments (``n_threads`` is the CPU's and is ignored), same nine
-        grids, bit for bit.
+        grids, bit for bit: :meth:`fused_add` into fresh device statistics, downloaded."""
+        stats = self.fused_statistics()
+        self.fused_add(stats, n_threads, *args)
+        return stats.download()
 
-        The per-row columns go up once (explicit copies on one stream), the constant tables
-        are cached on the device, the statistics come back as one flat int64 array.
+    def fused_add(self, into: DeviceStatistics, n_threads: int, *args: Any) -> None:
+        """Add a batch's statistics into ``into`` on the device; nothing comes back.
+
+        ``args`` are those of ``kernels.cpu_fused.fused_accumulate``. The per-row columns are
+        staged into the next slot's pinned buffers and copied up asynchronously on its
+        stream, where the kernel then runs; the call returns without waiting for either
+        (the next batch's host work overlaps them). The constant tables are cached on the
+        device.
         """
         from kernels.cpu_fused import log_loss_terms
 
@@ -531,43 +532,41 @@ class CudaKernels:
             sizes[_kernels.SEC_VALUE] = 3 * n_raw * 3
         plan, staged, dyn_bytes = self.fused_plan(sizes, F - 1)
         self.last_fused_plan = plan
-        flat = np.zeros(int(plan[2].sum()), np.int64)
+        into.bind(plan, (n_raw, F, NC, TT, DB, n_features, feature_bins, n_dq))
+        if not n:
+            return
         prof = self.profile
-        clock = time.perf_counter() if prof is not None else 0.0
+        with self._lock:
+            clock = time.perf_counter()
 
-        def lap(phase: str, stream: Any = None) -> None:
-            nonlocal clock
-            if prof is not None:
-                if stream is not None:
-                    stream.synchronize()
-                now = time.perf_counter()
-                prof[phase] = prof.get(phase, 0.0) + now - clock
-                clock = now
+            def lap(phase: str, stream: Any = None) -> None:
+                nonlocal clock
+                if prof is not None:
+                    if stream is not None:
+                        stream.synchronize()
+                    now = time.perf_counter()
+                    prof[phase] = prof.get(phase, 0.0) + now - clock
+                    clock = now
 
-        if n:
+            slot = self.staging.acquire()  # its last copies are done: its buffers are free
             # log-loss terms on the host, by the function the CPU path agrees with (see
-            # kernels.cuda._fused); label state as the kernels define it
-            # (float32 scores go in as they are: the function widens them exactly, as the
-            # CPU kernel does)
+            # kernels.cuda._fused); label state as the kernels define it (float32 scores go
+            # in as they are: the function widens them exactly, as the CPU kernel does)
             label_code = label_codes(label)
             ll_on = log_loss_terms(_float(score), label_code, float(log_eps))
-            ll_off = log_loss_terms(_float(offline), label_code, float(log_eps)) if paired else ll_on
-            stream = cuda.stream()
+            ll_off = log_loss_terms(_float(offline), label_code, float(log_eps)) if paired else None
             lap("prepare")
-            uploaded: list[int] = []
+            row_bytes = 0
 
-            def up(x: Any, dtype: Any = None) -> Any:
-                if not isinstance(x, np.ndarray):  # a list of columns: one device row each
-                    d = rows_to_device(x, n, dtype, stream)
-                else:
-                    d = to_device(x, dtype, stream=stream)
-                uploaded.append(d.nbytes)
+            def up(name: str, x: np.ndarray, dtype: Any = None) -> Any:
+                nonlocal row_bytes
+                d = slot.put(name, x, dtype, prof)
+                row_bytes += d.nbytes
                 return d
 
-            d_out = up(flat)
-            value_d = up(value, np.float64) if with_value else self._const(np.zeros(1), np.float64)
+            none = self._const(np.zeros(1), np.float64)  # an argument the kernel does not read
             args_d = (
-                up(col_index, np.int32),
+                up("col_index", col_index, np.int32),
                 self._const(col_lut, np.int32),
                 self._const(col_unseen, np.bool_),
                 self._const(col_null, np.int32),
@@ -575,50 +574,48 @@ class CudaKernels:
                 self._const(dim_b, np.int32),
                 self._const(dim_b_size, np.int64),
                 self._const(dim_offsets, np.int64),
-                up(score),
-                up(offline) if paired else self._const(np.zeros(1), np.float64),
+                up("score", score),
+                up("offline", offline) if paired else none,
                 paired,
-                up(label_code),
-                up(key_null, np.bool_),
-                up(ll_on),
-                up(ll_off) if paired else self._const(np.zeros(1), np.float64),
+                up("label_code", label_code),
+                up("key_null", key_null, np.bool_),
+                up("ll_on", ll_on),
+                up("ll_off", ll_off) if paired else none,
                 self._const(np.asarray(edges)[: F - 1], np.float64),
                 self._const(fine_to_calib, np.int64),
                 NC,
                 self._const(thresholds, np.float64) if T else self._const(np.zeros(0), np.float64),
                 self._const(np.asarray(delta_edges)[: DB - 1], np.float64),
-                up(num_values),
+                up("num_values", num_values),
                 self._const(num_edges, np.float64),
                 self._const(num_n_edges, np.int64),
                 self._const(num_slot, np.int64),
-                up(cat_codes, np.int32),
-                up(cat_unseen, np.bool_),
+                up("cat_codes", cat_codes, np.int32),
+                up("cat_unseen", cat_unseen, np.bool_),
                 self._const(cat_slot, np.int64),
                 feature_bins,
                 n_dq,
                 float(p_scale),
                 float(ll_scale),
                 float(ll2_scale),
-                value_d,
+                up("value", value, np.float64) if with_value else none,
                 with_value,
                 float(value_scale),
                 float(value2_scale),
                 staged,
                 self._const(plan, np.int64),
                 int(sum(plan[2, s] for s in range(plan.shape[1]) if plan[1, s] >= 0)),
-                d_out,
+                into.flat,
             )
-            lap("upload", stream)
+            slot.copies_issued()
+            clock = time.perf_counter()  # the copies were timed by slot.put
             blocks, threads = self._grid(n)
-            launch(_kernels.fused_accumulate_kernel, (blocks, threads, stream, dyn_bytes), 0, n, *args_d)
-            lap("kernel", stream)
-            d_out.copy_to_host(flat, stream=stream)
-            stream.synchronize()
-            lap("download")
+            launch(_kernels.fused_accumulate_kernel, (blocks, threads, slot.stream, dyn_bytes), 0, n, *args_d)
+            lap("kernel", slot.stream)
             if prof is not None:
-                prof["row_bytes"] = prof.get("row_bytes", 0) + sum(uploaded) - d_out.nbytes
+                prof["row_bytes"] = prof.get("row_bytes", 0) + row_bytes
                 prof["rows"] = prof.get("rows", 0) + n
-        return _fused.unpack(flat, plan, n_raw, F, NC, TT, DB, n_features, feature_bins, n_dq)
+                prof["batches"] = prof.get("batches", 0) + 1
 
     # ----------------------------------------------------------------- draws
     def poisson_cells(
@@ -701,14 +698,21 @@ class CudaKernels:
         return out
 
     def unit_histogram(
-        self, seed: int, unit_ids: ArrayLike, cells: ArrayLike, n_cells: int, rep_start: int, n_reps: int
-    ) -> np.ndarray:
+        self, seed: int, unit_ids: ArrayLike, cells: ArrayLike, n_cells: int, rep_start: int, n_reps: int,
+        out: Any = None,
+    ) -> Any:
         """Cell counts of the unit-level bootstrap; see ``kernels._api.Kernels.unit_histogram``.
 
         Rows x replicates in one launch: a thread draws its row's weight in every replicate
         and adds it to the row's cells, in a per-block shared copy of the counts when
         ``8 * n_reps * n_cells`` bytes fit in ``shared_bytes``, else with global atomics.
         Counts are int64 and exact; the result is identical to the CPU's.
+
+        Parameters
+        ----------
+        out : (n_reps, n_cells) int64 device array, optional
+            Add the counts into it and return it, on the device (the accumulate stage keeps
+            them there across batches). Without it, the counts come back as a host array.
         """
         ids = self._keys(unit_ids, "unit_ids")
         cells_d = self._rows(cells, np.int32, "cells")
@@ -716,7 +720,14 @@ class CudaKernels:
         if cells_d.shape[1] != n:
             raise ValueError(f"The 'cells' argument must have {n} columns. Got {cells_d.shape[1]} instead.")
         n_reps, n_cells = max(int(n_reps), 0), int(n_cells)
-        out = to_device(np.zeros((n_reps, n_cells), dtype=np.int64))
+        resident = out is not None
+        if not resident:
+            out = self.device_zeros((n_reps, n_cells), np.int64)
+        elif tuple(out.shape) != (n_reps, n_cells) or np.dtype(out.dtype) != np.int64:
+            raise ValueError(
+                f"The 'out' argument of unit_histogram must be an ({n_reps}, {n_cells}) int64 device array. "
+                f"Got {tuple(out.shape)} {np.dtype(out.dtype).name} instead."
+            )
         if n_reps and n and n_cells:
             shared = 8 * n_reps * n_cells <= self.shared_bytes
             base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
@@ -725,7 +736,7 @@ class CudaKernels:
                 _kernels.unit_histogram_kernel, (blocks, threads, 0, 8 * n_reps * n_cells if shared else 0),
                 base, ids, cells_d, int(rep_start), n_reps, n_cells, self._tables()[2], shared, out,
             )
-        return out.copy_to_host()
+        return out if resident else out.copy_to_host()
 
     def _tables(self) -> tuple[Any, Any, Any]:
         """The generator's tables on the device, copied once: ``_rng.NORMAL_TABLE``,
