@@ -246,6 +246,7 @@ def build_baseline(
     for batch in src.batches(needed, batch_size=config.batch_size):
         if batch.num_rows:
             stats = acc.update(stats, _renamed(batch, renames))
+    stats.sync()  # on the GPU, the statistics' one copy back
     if stats.rows == 0:
         raise SchemaError(f"The evaluation data {src.where} has no rows; cannot build a baseline.")
     quality = _validate(src, stats, acc, config)

@@ -108,7 +108,7 @@ def accumulate_joined(
         acc.update(stats, with_key_null(batch, stream.spec.keys))
         if progress is not None:
             progress(batch.num_rows)
-    return stats
+    return stats.sync()  # on the GPU, the statistics' one copy back
 
 
 @dataclass

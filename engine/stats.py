@@ -35,8 +35,9 @@ a million by 2**-32.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Iterable
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import numba
 import numpy as np
@@ -188,6 +189,15 @@ def _canonical(*args):
     return out
 
 
+def _record_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    """A table as one record batch (an empty one keeps the schema)."""
+    if isinstance(batch, pa.Table):
+        if not batch.num_rows:
+            return pa.RecordBatch.from_pylist([], schema=batch.schema)
+        return batch.combine_chunks().to_batches()[0]
+    return batch
+
+
 def to_fixed(x: np.ndarray, bits: int) -> np.ndarray:
     """``rint(x * 2**bits)`` as int64: exact, order-independent sums."""
     return np.rint(np.asarray(x, dtype=np.float64) * float(2**bits)).astype(np.int64)
@@ -198,20 +208,93 @@ def from_fixed(x: np.ndarray, bits: int) -> np.ndarray:
     return np.asarray(x, dtype=np.float64) / float(2**bits)
 
 
-@dataclass
+#: Serialises bringing device sums back (a Statistics object read from two threads at once).
+_SYNC = threading.Lock()
+
+
+class DeviceSums:
+    """Statistics of batches added on the device and not yet brought back: what a
+    :class:`Statistics` object still owes its ``raw`` arrays (see :meth:`Accumulator.update`).
+
+    Parameters
+    ----------
+    acc : Accumulator
+        The accumulator whose batches these are; it turns them into ``raw`` arrays.
+    """
+
+    def __init__(self, acc: "Accumulator") -> None:
+        self.acc = acc
+        #: ``kernels.cuda._staging.DeviceStatistics``: the fused kernel's flat statistics.
+        self.fused = acc.kernels.fused_statistics()
+        #: Further device arrays of the accumulator's own (the unit-level replicate counts).
+        self.extra: dict[str, Any] = {}
+
+    def drain(self) -> dict[str, np.ndarray]:
+        """The statistics as ``raw`` arrays on the host (one copy back of each buffer)."""
+        return self.acc._drain(self)
+
+
 class Statistics:
     """Mergeable sufficient statistics of one table role (``baseline`` or ``online``).
 
     ``raw[name]`` is ``(1 + V, R, *inner)`` over the ``R`` slices of the slice dimensions
     (without the whole population, which :meth:`grid` derives exactly by summing the first
     dimension: every row has exactly one code there).
+
+    On the GPU the accumulate stage leaves its sums on the device (:class:`DeviceSums`);
+    reading ``raw`` (and so every method here, pickling and saving) brings them back first,
+    once: whoever reads the statistics sees all of them.
     """
 
-    layout_id: str
-    n_raw: int
-    whole_from: int  # number of raw slices (from 0) that partition the population
-    raw: dict[str, np.ndarray] = field(default_factory=dict)
-    rows: int = 0
+    def __init__(
+        self, layout_id: str, n_raw: int, whole_from: int, raw: dict[str, np.ndarray] | None = None, rows: int = 0
+    ) -> None:
+        self.layout_id = layout_id
+        self.n_raw = n_raw
+        self.whole_from = whole_from  # number of raw slices (from 0) that partition the population
+        self._raw: dict[str, np.ndarray] = {} if raw is None else raw
+        self.rows = rows
+        self._pending: DeviceSums | None = None
+
+    @property
+    def raw(self) -> dict[str, np.ndarray]:
+        """The arrays by grid name, complete (sums still on the device come back first)."""
+        if self._pending is not None:
+            self.sync()
+        return self._raw
+
+    @property
+    def on_device(self) -> bool:
+        """Whether some sums are still on the device (until ``raw`` is read or :meth:`sync`)."""
+        return self._pending is not None
+
+    def sync(self) -> "Statistics":
+        """Add the sums still on the device into ``raw`` (one copy back); else nothing."""
+        with _SYNC:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._add_raw(pending.drain())
+        return self
+
+    def device_sums(self, acc: "Accumulator") -> DeviceSums:
+        """Where ``acc`` adds batches on the device (made on first use; sums another
+        accumulator left there come back first)."""
+        if self._pending is not None and self._pending.acc is not acc:
+            self.sync()
+        if self._pending is None:
+            self._pending = DeviceSums(acc)
+        return self._pending
+
+    def __repr__(self) -> str:
+        where = ", partly on the device" if self._pending is not None else ""
+        return (
+            f"Statistics({self.layout_id!r}, n_raw={self.n_raw}, whole_from={self.whole_from}, "
+            f"rows={self.rows}, grids={sorted(self._raw)}{where})"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.sync()  # a pickled copy (a Dask result, a checkpoint) holds every sum
+        return dict(self.__dict__)
 
     def copy(self) -> "Statistics":
         """An independent copy."""
@@ -230,14 +313,18 @@ class Statistics:
                 "Statistics of different layouts cannot be merged "
                 f"({self.layout_id} vs {other.layout_id})."
             )
-        for name, a in self.raw.items():
-            np.add(a, other.raw[name], out=a)
+        self._add_raw(other.raw)
+        self.rows += other.rows
+        return self
+
+    def _add_raw(self, other: dict[str, np.ndarray]) -> None:
+        """Add ``other``'s arrays (the same names) into ``raw``, checking for overflow."""
+        for name, a in self._raw.items():
+            np.add(a, other[name], out=a)
             # every summed quantity except 'value' is non-negative and below 2**63 on each
             # side, so a wrap-around shows as a negative cell
             if name.rsplit("/", 1)[-1] != "value" and a.min(initial=0) < 0:
                 raise StatisticsError(f"Fixed-point overflow in the '{name}' statistics.")
-        self.rows += other.rows
-        return self
 
     def __add__(self, other: "Statistics") -> "Statistics":
         return self.merge(other)
@@ -277,7 +364,12 @@ class Statistics:
 
 
 class Accumulator:
-    """zero / update(batch) / merge / finalize for one layout, one role, one backend.
+    """zero / update(batch) / merge for one layout, one role, one backend.
+
+    On a backend that keeps statistics on the device (``kernels.fused_add``: the GPU),
+    :meth:`update` adds each batch there and the sums come back once, when the statistics
+    are read (:meth:`Statistics.sync`); elsewhere each batch's statistics are added on the
+    host. The integers are the same either way.
 
     Parameters
     ----------
@@ -360,6 +452,13 @@ class Accumulator:
                 )
                 self._window_src, self._window_dq = self._window_pass._window_order(inner)
                 self._pass_dq = [self._window_pass._dq_flags.index(f) for f in self._dq_flags]
+        # statistics stay on the device where the backend can keep them there, except with
+        # windows accumulated window by window (rows regrouped on the host per batch)
+        self._resident = (
+            bool(getattr(kernels, "fused", False))
+            and hasattr(kernels, "fused_add")
+            and (self._per_window is None or self._window_pass is not None)
+        )
         if cells > MAX_GRID_CELLS:
             raise ConfigError(
                 f"The layout has {layout.n_slices:,} slices x {self._n_fine:,} score bins = {cells:,} cells "
@@ -443,14 +542,45 @@ class Accumulator:
         return np.stack(rows), unseen
 
     def update(self, stats: Statistics, batch: pa.RecordBatch | pa.Table) -> Statistics:
-        """Add one batch to ``stats`` in place (and return it)."""
-        return stats.add_(self.batch_statistics(batch))
+        """Add one batch to ``stats`` in place (and return it).
+
+        On the GPU the batch's sums are added on the device and stay there
+        (:meth:`Statistics.device_sums`) until ``stats`` is read.
+        """
+        if not self._resident:
+            return stats.add_(self.batch_statistics(batch))
+        if stats.layout_id != self.layout_id:
+            raise StatisticsError(
+                f"Statistics of another layout ({stats.layout_id}) cannot take this accumulator's batches ({self.layout_id})."
+            )
+        batch = _record_batch(batch)
+        self._add_on_device(stats.device_sums(self), batch)
+        stats.rows += batch.num_rows
+        return stats
+
+    def _add_on_device(self, sums: DeviceSums, batch: pa.RecordBatch) -> None:
+        """Add the batch's statistics into ``sums`` on the device (through the window pass
+        when there is one)."""
+        if self._window_pass is not None:
+            w = self.windows.index(batch.column(self.windows.column))
+            self._window_pass._fused_add(sums, batch, w.astype(np.int64))
+        else:
+            self._fused_add(sums, batch)
+
+    def _fused_add(self, sums: DeviceSums, batch: pa.RecordBatch, window: np.ndarray | None = None) -> None:
+        self.kernels.fused_add(sums.fused, *self._fused_args(batch, window))
+
+    def _drain(self, sums: DeviceSums) -> dict[str, np.ndarray]:
+        """``sums`` brought back as ``raw`` arrays (what :meth:`batch_statistics` gives, for
+        every batch added together: each step from the kernel's grids on is linear)."""
+        if self._window_pass is not None:
+            return self._window_raw(self._window_pass._fused_raw(sums.fused.download()))
+        return self._fused_raw(sums.fused.download())
 
     def batch_statistics(self, batch: pa.RecordBatch | pa.Table, window: np.ndarray | None = None) -> Statistics:
         """The statistics of one batch (O(cells) memory); ``window``: each row's window
         block (the window pass only)."""
-        if isinstance(batch, pa.Table):
-            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
+        batch = _record_batch(batch)
         if self._window_pass is not None:
             return self._from_window_pass(batch)
         if getattr(self.kernels, "fused", False):
@@ -468,14 +598,20 @@ class Accumulator:
         spec, wp = self.windows, self._window_pass
         w = spec.index(batch.column(spec.column))
         sub = wp.batch_statistics(batch, window=w.astype(np.int64))
+        return Statistics(self.layout_id, self._n_raw, self._whole_from, self._window_raw(sub.raw), sub.rows)
+
+    def _window_raw(self, pass_raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The window pass's arrays as this accumulator's: the windows' cells, their sum
+        over the windows (the whole period's judged cells) and the atoms (not crossed)."""
+        wp = self._window_pass
         atoms = slice(wp._n_raw - self.layout.n_atoms, wp._n_raw)
         raw: dict[str, np.ndarray] = {}
-        for name, arr in sub.raw.items():
+        for name, arr in pass_raw.items():
             win = arr[:, self._window_src]  # (V, window, judged slice, ...)
             whole = np.concatenate([win.sum(axis=1), arr[:, atoms]], axis=1)
             raw[name] = whole[..., self._pass_dq] if name == "dq" else whole
             raw["win/" + name] = win[..., self._window_dq] if name == "dq" else win
-        return Statistics(self.layout_id, self._n_raw, self._whole_from, raw, sub.rows)
+        return raw
 
     def _add_windows(self, stats: Statistics, batch: pa.RecordBatch) -> None:
         """Accumulate the batch's rows per window into ``win/`` statistics, window by window
@@ -614,6 +750,14 @@ class Accumulator:
     def _batch_fused(self, batch: pa.RecordBatch, window: np.ndarray | None = None) -> Statistics:
         """One pass over the rows: ``kernels.cpu_fused`` on the CPU, the backend's
         ``fused_accumulate`` (one CUDA kernel, ``kernels.cuda._fused``) on the GPU."""
+        # one accumulation interface: the CPU's kernel or the backend's own (CUDA), same
+        # arguments, same grids bit for bit
+        accumulate = getattr(self.kernels, "fused_accumulate", fused_accumulate)
+        grids = accumulate(*self._fused_args(batch, window))
+        return Statistics(self.layout_id, self._n_raw, self._whole_from, self._fused_raw(grids), batch.num_rows)
+
+    def _fused_args(self, batch: pa.RecordBatch, window: np.ndarray | None = None) -> list:
+        """The arguments of ``kernels.cpu_fused.fused_accumulate`` for one batch."""
         layout, n = self.layout, batch.num_rows
         cols = layout.slice_columns
         parts = [dictionary_parts(batch.column(c), layout.slice_codes[c]) for c in cols]
@@ -669,10 +813,7 @@ class Accumulator:
         per_thread = 2 * self._n_raw * N_LABEL_STATES * self._n_fine * 4
         n_threads = max(1, min(numba.get_num_threads(), -(-n // 65536), THREAD_GRID_BYTES // per_thread))
         value = self._checked_value(batch) if self.with_value else np.zeros(1)
-        # one accumulation interface: the CPU's kernel or the backend's own (CUDA), same
-        # arguments, same grids bit for bit
-        accumulate = getattr(self.kernels, "fused_accumulate", fused_accumulate)
-        score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h, value_h = accumulate(*_canonical(
+        return _canonical(
             n_threads,
             col_index, col_lut, col_unseen, col_null, dim_a, dim_b, dim_b_size, self._dim_offsets, self._n_raw,
             score, offline, self.paired, label, key_null,
@@ -687,7 +828,11 @@ class Accumulator:
             max(1, len(layout.features)), self._feature_bins, len(self._dq_flags),
             float(2**P_BITS), float(2**LL_BITS), float(2**LL2_BITS), LOG_EPS,
             value, self.with_value, float(2**VALUE_BITS), float(2**VALUE2_BITS),
-        ))
+        )
+
+    def _fused_raw(self, grids: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+        """The nine grids of the fused kernel as ``raw`` arrays (linear in the grids)."""
+        score_h, calib_h, off_h, calib_off_h, joint_h, delta_h, feat_h, dq_h, value_h = grids
         # calibration counts: the fine counts summed into calibration bins (calib edges are
         # a subset of the fine ones), as the kernel leaves them out
         calib_h[0] = aggregate_bins(score_h, self._fine_to_calib, self._n_calib)
@@ -697,7 +842,7 @@ class Accumulator:
             out.update(offline=off_h[None], calib_off=calib_off_h, joint=joint_h[None], delta=delta_h)
         if self.with_value:
             out["value"] = value_h
-        return Statistics(self.layout_id, self._n_raw, self._whole_from, out, n)
+        return out
 
     def _numeric_luts(self, numeric) -> tuple[np.ndarray, ...]:
         """Padded edges and value lookup tables of the numeric features (built once)."""
@@ -747,4 +892,4 @@ class Accumulator:
         for batch in batches:
             if batch.num_rows:
                 stats = self.update(stats, batch)
-        return stats
+        return stats.sync()  # on the GPU: the one copy back

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from engine.encode import LABEL_MISSING, N_LABEL_STATES, Layout, _to_float, categorical_codes
 from engine.errors import ConfigError
-from engine.stats import LABEL, SCORE, Accumulator, Statistics, _offline_scores
+from engine.stats import LABEL, SCORE, Accumulator, DeviceSums, Statistics, _offline_scores, _record_batch
 
 #: The unit key of rows whose unit id is null: they form one unit together.
 NULL_UNIT = np.uint64(0x9E3779B97F4A7C15)
@@ -194,11 +194,24 @@ class UnitAccumulator(Accumulator):
         return stats
 
     def batch_statistics(self, batch: pa.RecordBatch | pa.Table) -> Statistics:
-        if isinstance(batch, pa.Table):
-            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
+        batch = _record_batch(batch)
         stats = super().batch_statistics(batch)
         stats.raw.update(self.unit_counts(batch))
         return stats
+
+    def _add_on_device(self, sums: DeviceSums, batch: pa.RecordBatch) -> None:
+        """The statistics, and the replicate counts added into one device array kept with
+        them (no copy back per batch)."""
+        super()._add_on_device(sums, batch)
+        counts = sums.extra.get(PREFIX)
+        if counts is None:
+            counts = sums.extra[PREFIX] = self.kernels.device_zeros((self.unit.replicates, self.unit_cells), np.int64)
+        self._unit_histogram(batch, out=counts)
+
+    def _drain(self, sums: DeviceSums) -> dict[str, np.ndarray]:
+        raw = super()._drain(sums)
+        raw.update(self.split(sums.extra[PREFIX].copy_to_host()))
+        return raw
 
     # ------------------------------------------------------------------ one batch
     def row_cells(self, batch: pa.RecordBatch) -> np.ndarray:
@@ -267,6 +280,11 @@ class UnitAccumulator(Accumulator):
 
     def unit_counts(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         """The batch's ``unit/<grid>`` replicate counts."""
+        return self.split(np.asarray(self._unit_histogram(batch)))
+
+    def _unit_histogram(self, batch: pa.RecordBatch, out: Any = None) -> Any:
+        """``Kernels.unit_histogram`` of the batch's rows: ``(B, unit_cells)`` counts, added
+        into the device array ``out`` when given (GPU)."""
         spec = self.unit
         if spec.column not in batch.schema.names:
             raise ConfigError(f"The online batch has no unit column '{spec.column}' (--bootstrap-unit).")
@@ -275,8 +293,9 @@ class UnitAccumulator(Accumulator):
         with warnings.catch_warnings():
             # the run warns once about the whole cost (engine.pipeline), not once per batch
             warnings.simplefilter("ignore", _cost_warning())
-            flat = np.asarray(self.kernels.unit_histogram(spec.seed, ids, cells, self.unit_cells, 0, spec.replicates))
-        return self.split(flat)
+            if out is None:
+                return self.kernels.unit_histogram(spec.seed, ids, cells, self.unit_cells, 0, spec.replicates)
+            return self.kernels.unit_histogram(spec.seed, ids, cells, self.unit_cells, 0, spec.replicates, out=out)
 
     def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """``(R, unit_cells)`` flat counts as ``unit/<grid>`` arrays ``(R, raw slices, *inner)``."""

@@ -152,3 +152,127 @@ def test_staged_copies_refuse_views():
         _staging.copy_up(d, x[None, :], 0)
     _staging.copy_up(d, x.reshape(1, 8), 0)
     assert np.array_equal(d.copy_to_host()[0], x)
+
+
+# --------------------------------------------------------------------------- device-resident flow
+def _cpu_stats(layout, batches, **kw):
+    return Accumulator(layout, CpuKernels(), **kw).accumulate(batches)
+
+
+def test_statistics_stay_on_the_device_until_read(layout):
+    """Several batches, one copy back: when the statistics are read, bit for bit the CPU's."""
+    batches = _table(ROWS, 7, shift=0.01).to_batches(max_chunksize=ROWS // 4 + 1)
+    assert len(batches) == 4
+    k = gpu()
+    k.profile = {}
+    acc = Accumulator(layout, k, paired=True, with_value=True)
+    stats = acc.zero()
+    for b in batches:
+        acc.update(stats, b)
+    assert stats.on_device and stats.rows == ROWS
+    assert k.profile["batches"] == 4 and k.profile.get("downloads", 0) == 0
+    assert stats.equal(_cpu_stats(layout, batches, paired=True, with_value=True))  # reads raw: syncs
+    assert not stats.on_device and k.profile["downloads"] == 1
+    stats.grid("score")
+    assert k.profile["downloads"] == 1  # read once, kept on the host
+    # more batches after a read: a second round on the device, added to what came back
+    acc.update(stats, batches[0])
+    assert stats.on_device
+    again = _cpu_stats(layout, batches + batches[:1], paired=True, with_value=True)
+    assert stats.equal(again) and k.profile["downloads"] == 2
+
+
+def test_pinned_buffers_are_reused_across_batches(layout, monkeypatch):
+    """Each column gets a pinned buffer per slot on the first two batches; later batches
+    (no larger) reuse them."""
+    allocated = []
+    real = cuda.pinned_array
+
+    def pinned_array(*args, **kw):
+        allocated.append(args)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(cuda, "pinned_array", pinned_array)
+    batches = _table(120, 8).to_batches(max_chunksize=20)
+    k = gpu()
+    acc = Accumulator(layout, k, paired=True, with_value=True)
+    stats = acc.zero()
+    acc.update(acc.update(stats, batches[0]), batches[1])
+    first = len(allocated)
+    assert first and first == k.staging.counters["pinned_allocations"]
+    for b in batches[2:]:
+        acc.update(stats, b)
+    assert len(allocated) == first
+    assert stats.equal(_cpu_stats(layout, batches, paired=True, with_value=True))
+
+
+def test_interleaved_statistics_of_one_accumulator_stay_apart(layout):
+    """Two statistics fed by one accumulator in turn each get their own batches' sums."""
+    a, b = _table(60, 3).to_batches(max_chunksize=30), _table(50, 4).to_batches(max_chunksize=25)
+    acc = Accumulator(layout, gpu(), paired=True)
+    sa, sb = acc.zero(), acc.zero()
+    for x, y in zip(a, b):
+        acc.update(sa, x)
+        acc.update(sb, y)
+    assert sa.on_device and sb.on_device
+    assert sa.equal(_cpu_stats(layout, a, paired=True)) and sb.equal(_cpu_stats(layout, b, paired=True))
+
+
+def test_pickled_or_merged_statistics_hold_the_device_sums(layout):
+    """What a Dask worker returns (pickled), a checkpoint saves and a merge adds: the
+    complete statistics."""
+    import pickle
+
+    batches = _table(60, 5).to_batches(max_chunksize=30)
+    acc = Accumulator(layout, gpu(), with_value=True)
+    expect = _cpu_stats(layout, batches, with_value=True)
+
+    def pending():
+        s = acc.zero()
+        for b in batches:
+            acc.update(s, b)
+        assert s.on_device
+        return s
+
+    assert pickle.loads(pickle.dumps(pending())).equal(expect)
+    assert acc.zero().merge(pending()).equal(expect)
+    assert pending().copy().equal(expect)
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_windows_on_the_gpu_equal_the_cpu(layout, one_pass, monkeypatch):
+    """The window pass keeps its statistics on the device too; the window-by-window
+    fallback brings each batch's back. Both are the CPU's, window for window."""
+    import pyarrow as pa
+
+    import engine.stats as S
+
+    if not one_pass:
+        monkeypatch.setattr(S, "WINDOW_PASS_CELLS", 0)
+    n = 120
+    table = _table(n, 6)
+    r = np.random.default_rng(2)
+    ts = np.where(r.random(n) < 0.05, np.nan, 1_000_000 + r.integers(0, 3 * 3600, n))
+    table = table.append_column("ts", pa.array(ts))
+    spec = S.WindowSpec("ts", origin=1_000_000, width=3600, count=3)
+    batches = table.to_batches(max_chunksize=50)
+    k = gpu()
+    k.profile = {}
+    acc = Accumulator(layout, k, paired=True, windows=spec)
+    assert acc._resident == one_pass
+    got = acc.accumulate(batches)
+    assert k.profile["downloads"] == (1 if one_pass else k.profile["batches"])
+    expect = Accumulator(layout, CpuKernels(), paired=True, windows=spec).accumulate(batches)
+    assert set(got.raw) == set(expect.raw) and got.equal(expect)
+
+
+def test_launch_refuses_host_arrays():
+    out = cuda.device_array(4, dtype=np.int64)
+    _launch.launch(_kernels.probe_kernel, (1, 4), out)
+    with pytest.raises(TypeError, match="host array"):
+        _launch.launch(_kernels.probe_kernel, (1, 4), np.zeros(4, np.int64))
+
+
+def test_label_codes():
+    y = np.array([0.0, 1.0, np.nan, 2.0, -1.0, 1.0])
+    assert _launch.label_codes(y).tolist() == [0, 1, 2, 3, 3, 1]

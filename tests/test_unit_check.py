@@ -89,6 +89,24 @@ def test_gpu_counts_equal_the_cpu(layout):
     assert sum(int(v.sum()) for v in cpu.values()) > 0
 
 
+@pytest.mark.cudasim
+def test_gpu_keeps_the_counts_on_the_device_across_batches(layout):
+    """The accumulate stage on the GPU adds every batch's replicate counts (and statistics)
+    on the device; they come back once, equal to the CPU's."""
+    batches = _with_users(_table(60, 4), 7).to_batches(max_chunksize=20)
+    spec = UnitSpec("user_id", replicates=3, seed=9)
+    k = CudaKernels(blocks=2, threads=16)
+    k.profile = {}
+    acc = UnitAccumulator(layout, k, unit=spec, paired=True)
+    stats = acc.zero()
+    for b in batches:
+        acc.update(stats, b)
+    assert stats.on_device and k.profile.get("downloads", 0) == 0
+    cpu = UnitAccumulator(layout, CPU, unit=spec, paired=True).accumulate(batches)
+    assert stats.equal(cpu) and any(k.startswith("unit/") for k in cpu.raw)
+    assert k.profile["downloads"] == 1
+
+
 def test_batch_size_changes_nothing(layout):
     """A unit's weight depends on (seed, unit id, replicate) only: batches of any size, in
     any order, give the same counts."""
