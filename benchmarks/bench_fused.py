@@ -7,9 +7,14 @@ Prints, as it goes:
   primitive path used to copy (through ``kernels.cuda._launch.to_device``, which copies it
   to a fresh array first), and of a pinned array;
 * ``Accumulator.accumulate`` on both backends (every grid, same batches), the statistics
-  compared bit for bit, and the GPU's time split into host preparation, upload, kernel and
-  download; the kernel's rate in rows/s and in GB/s of per-row columns read, against the
-  card's bandwidth (``--bandwidth``, GB/s; 4800 for an H200).
+  compared bit for bit, and the GPU's time split into host preparation, staging into the
+  pinned buffers, upload, kernel and the one download; the kernel's rate in rows/s and in
+  GB/s of per-row columns read, against the card's bandwidth (``--bandwidth``, GB/s; 4800
+  for an H200);
+* the GPU's time per batch as it runs (copies and kernels overlapped with the next batch's
+  host work, ``kernels.cuda._staging``) against the sum of its phases run one after the
+  other (the profiled pass), and the staged copies' rates (host into pinned, pinned to
+  device).
 
 Usage::
 
@@ -110,14 +115,20 @@ def main() -> None:
         print(f"accumulate {backend}: {times[backend]:.3f} s  {n / times[backend] / 1e6:8.1f} M rows/s", flush=True)
     equal = stats["cpu"].equal(stats["gpu"])
     print(f"statistics identical: {equal}", flush=True)
+    waited = gpu.staging.counters["slot_wait"]
     gpu.profile = {}
+    t = time.perf_counter()
     acc["gpu"].accumulate(batches)
+    serial_s = time.perf_counter() - t
     prof = gpu.profile
+    gpu.profile = None
+    phases = ("prepare", "stage", "upload", "kernel", "download")
     gb = prof["row_bytes"] / 1e9
     k_s = prof["kernel"]
     print(
-        "gpu phases (one pass, synchronised): "
-        + ", ".join(f"{p} {prof[p]:.3f} s" for p in ("prepare", "upload", "kernel", "download"))
+        "gpu phases (one pass, each synchronised): "
+        + ", ".join(f"{p} {prof[p]:.3f} s" for p in phases)
+        + f"; {prof['batches']} batches, {prof['downloads']} download(s)"
         + f"; plan in shared memory: {[int(v) for v in gpu.last_fused_plan[1]]}",
         flush=True,
     )
@@ -126,12 +137,28 @@ def main() -> None:
         f"{gb:.2f} GB per-row columns = {100 * gb / k_s / args.bandwidth:.1f}% of {args.bandwidth:.0f} GB/s",
         flush=True,
     )
-    print(f"upload: {gb / prof['upload']:.1f} GB/s", flush=True)
+    print(
+        f"staged copies: host -> pinned {gb / prof['stage']:.1f} GB/s, pinned -> device {gb / prof['upload']:.1f} GB/s "
+        f"({gpu.staging.counters['pinned_allocations']} pinned buffers allocated in all runs)",
+        flush=True,
+    )
+    n_batches = prof["batches"]
+    # whole accumulations (the host's Arrow-to-numpy work included) over their batches
+    overlapped, serial = times["gpu"] / n_batches, serial_s / n_batches
+    print(
+        f"gpu per batch of {n // n_batches:,} rows: {overlapped * 1e3:.1f} ms as it runs (overlapped) vs "
+        f"{serial * 1e3:.1f} ms phase after phase (profiled); the host waited {waited / args.repeat * 1e3:.1f} ms "
+        "per accumulation for a staging slot",
+        flush=True,
+    )
     out.update(
         layout={"slices": layout.n_slices, "fine_bins": layout.n_fine},
         accumulate_s=times,
         identical=equal,
-        gpu_phases_s={p: prof[p] for p in ("prepare", "upload", "kernel", "download")},
+        gpu_phases_s={p: prof[p] for p in phases},
+        gpu_batches=n_batches,
+        gpu_batch_s={"overlapped": overlapped, "serial": serial},
+        staged_GB_per_s={"host_to_pinned": gb / prof["stage"], "pinned_to_device": gb / prof["upload"]},
         kernel_rows_per_s=n / k_s,
         kernel_GB_per_s=gb / k_s,
         row_GB=gb,

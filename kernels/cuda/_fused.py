@@ -4,7 +4,9 @@
 ``kernels.cpu_fused.fused_accumulate`` (``engine.stats.Accumulator`` builds them once for
 either backend) and returns the same nine grids, bit for bit. The rows go to the device
 once, one kernel (``_kernels.fused_accumulate_kernel``) adds each row to every cell it
-belongs to, and one flat int64 array of statistics comes back.
+belongs to in one flat int64 array of statistics, and :func:`unpack` makes the grids of it
+when it comes back (in the accumulate stage, once for all batches: see
+``kernels.cuda._staging``).
 
 Two things differ from the CPU kernel, neither in the results:
 

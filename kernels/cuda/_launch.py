@@ -536,26 +536,28 @@ class CudaKernels:
         if not n:
             return
         prof = self.profile
+        clock = time.perf_counter()
+
+        def lap(phase: str, stream: Any = None) -> None:
+            nonlocal clock
+            if prof is not None:
+                if stream is not None:
+                    stream.synchronize()
+                now = time.perf_counter()
+                prof[phase] = prof.get(phase, 0.0) + now - clock
+                clock = now
+
+        # log-loss terms on the host, by the function the CPU path agrees with (see
+        # kernels.cuda._fused); label state as the kernels define it (float32 scores go in
+        # as they are: the function widens them exactly, as the CPU kernel does). Before
+        # taking a slot: this overlaps the device's work on the previous batches.
+        label_code = label_codes(label)
+        ll_on = log_loss_terms(_float(score), label_code, float(log_eps))
+        ll_off = log_loss_terms(_float(offline), label_code, float(log_eps)) if paired else None
+        lap("prepare")
         with self._lock:
-            clock = time.perf_counter()
-
-            def lap(phase: str, stream: Any = None) -> None:
-                nonlocal clock
-                if prof is not None:
-                    if stream is not None:
-                        stream.synchronize()
-                    now = time.perf_counter()
-                    prof[phase] = prof.get(phase, 0.0) + now - clock
-                    clock = now
-
             slot = self.staging.acquire()  # its last copies are done: its buffers are free
-            # log-loss terms on the host, by the function the CPU path agrees with (see
-            # kernels.cuda._fused); label state as the kernels define it (float32 scores go
-            # in as they are: the function widens them exactly, as the CPU kernel does)
-            label_code = label_codes(label)
-            ll_on = log_loss_terms(_float(score), label_code, float(log_eps))
-            ll_off = log_loss_terms(_float(offline), label_code, float(log_eps)) if paired else None
-            lap("prepare")
+            clock = time.perf_counter()  # the wait is counted in staging.counters, not here
             row_bytes = 0
 
             def up(name: str, x: np.ndarray, dtype: Any = None) -> Any:
