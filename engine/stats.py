@@ -209,7 +209,7 @@ def from_fixed(x: np.ndarray, bits: int) -> np.ndarray:
 
 
 #: Serialises bringing device sums back (a Statistics object read from two threads at once).
-_SYNC = threading.Lock()
+_SYNC = threading.RLock()
 
 
 class DeviceSums:

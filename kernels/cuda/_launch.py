@@ -449,6 +449,7 @@ class CudaKernels:
         dev = self._const_cache.get(key)
         if dev is None:
             if len(self._const_cache) > 256:
+                self.wait_for_batches()  # a kernel still running may read a table
                 self._const_cache.clear()
             dev = self._const_cache[key] = to_device(host)
         return dev
@@ -468,17 +469,25 @@ class CudaKernels:
 
     @property
     def staging(self) -> Staging:
-        """The double-buffered pinned staging of the per-row columns (made on first use)."""
+        """The double-buffered pinned staging of the per-row columns (made on first use, by
+        :meth:`fused_add` under its lock)."""
         if self._staging is None:
             self._staging = Staging()
         return self._staging
 
+    def wait_for_batches(self) -> None:
+        """Block until every batch :meth:`fused_add` issued (copies and kernels) is done."""
+        if self._staging is not None:
+            self._staging.synchronize()
+
     def device_zeros(self, shape: int | tuple[int, ...], dtype: Any) -> Any:
-        """A zeroed device array, zeroed by a kernel (no copy from the host)."""
+        """A zeroed device array, zeroed by a kernel (no copy from the host), finished
+        before it returns (whatever stream the array is used on next)."""
         out = cuda.device_array(shape, dtype=dtype)
-        flat = out.reshape(out.size)
         if out.size:
-            launch(_kernels.zero_kernel, self._grid(out.size), flat)
+            stream = cuda.stream()
+            launch(_kernels.zero_kernel, self._grid(out.size) + (stream,), out.reshape(out.size))
+            stream.synchronize()
         return out
 
     def fused_statistics(self) -> DeviceStatistics:

@@ -195,7 +195,7 @@ class DeviceStatistics:
         k = self._kernels
         prof = k.profile
         t = time.perf_counter()
-        k.staging.synchronize()
+        k.wait_for_batches()
         host = self.flat.copy_to_host()
         if prof is not None:
             prof["download"] = prof.get("download", 0.0) + time.perf_counter() - t
