@@ -62,3 +62,36 @@ def test_cpu_and_gpu_give_identical_statistics_and_findings():
     assert a.run["joins"]["engine"] == "duckdb"
     assert b.run["joins"]["engine"].startswith("sort join on the device"), b.run["joins"]
     assert b.run["joins"]["offline"] == b.run["joins"]["outcomes"] == "device_sort"
+
+
+@pytest.mark.skipif(gpu_problem() is not None, reason="no CUDA device or simulator")
+def test_the_gpu_check_brings_its_statistics_back_once(monkeypatch):
+    """End to end on the GPU backend, batch after batch adds on the device: the online
+    statistics come back in one copy, and the findings are the CPU's."""
+    from kernels.cuda import _staging
+
+    calls = {"download": 0}
+    real = _staging.DeviceStatistics.download
+
+    def download(self):
+        calls["download"] += 1
+        return real(self)
+
+    monkeypatch.setattr(_staging.DeviceStatistics, "download", download)
+    evaluation, online, offline, outcomes = _tables(300)
+    config = Config(slices=["country"], features={"f1": "numeric"}, thresholds=[0.3], batch_size=70)
+    bl = build_baseline(evaluation, config, backend="cpu")
+    kwargs = dict(offline=offline, outcomes=outcomes, bootstrap=20, seed=5, config=config)
+    a = run_check(bl, online, backend="cpu", **kwargs)
+    from kernels import get_kernels
+
+    k = get_kernels("gpu")
+    k.profile = {}
+    try:
+        b = run_check(bl, online, backend="gpu", **kwargs)
+        batches = k.profile["batches"]
+    finally:
+        k.profile = None
+    assert batches >= 4 and calls["download"] == 1
+    assert [f.to_dict() for f in a.findings] == [f.to_dict() for f in b.findings]
+    assert a.data_quality == b.data_quality
