@@ -39,6 +39,11 @@ Choices, documented:
   to use for ``RATE_METRICS`` under the cell (row-level) bootstrap; the replicates still give
   the standard error of the p-values. (They assume independent rows: under the unit-level
   bootstrap of correlated rows the judge widens them to the percentile interval.)
+* **Where replicates live.** On the GPU backend the draws stay on the device and the
+  replicates' grids and metrics are computed there with CuPy (``CellBootstrap.xp``; the
+  metrics are written against an array namespace); only the metric values per replicate
+  come back. Without CuPy (CI, Numba's CUDA simulator) the same code runs on numpy, the
+  draws copied back as they are made.
 * **Unit-level bootstrap** (``--bootstrap-unit COL``, ``engine.unit_bootstrap``): the online
   side's replicate counts ``n*`` of every coarse grid come from the rows' unit weights,
   accumulated while the rows streamed (``unit``), instead of independent Poisson(n) draws
@@ -50,6 +55,7 @@ Choices, documented:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -60,7 +66,7 @@ import numpy as np
 from engine import _cache
 from engine import measure as ME
 from engine.encode import Layout, stable_key
-from engine.metrics import aggregate_bins
+from engine.metrics import aggregate_bins, array_module, to_host
 from engine.measure import Grids, MetricKey
 
 _cache.announce_compiles()
@@ -162,6 +168,10 @@ class CellBootstrap:
         self.unit = unit
         if unit is not None and unit.score.shape[0] != self.B:
             raise ValueError(f"The unit-level replicate counts hold {unit.score.shape[0]} replicates, not B = {self.B}.")
+        #: The array module of the replicates: CuPy where the backend draws on the device
+        #: and CuPy is installed, else numpy.
+        self.on_device = bool(getattr(kernels, "draws_on_device", False))
+        self.xp = array_module() if self.on_device else np
 
     # ------------------------------------------------------------------ coarse point
     def coarsen(self, g: Grids) -> Grids:
@@ -182,12 +192,31 @@ class CellBootstrap:
         return out
 
     # ------------------------------------------------------------------ resampling
-    def _poisson(self, counts: np.ndarray, keys: np.ndarray, role: int, rep_start: int, n_reps: int) -> np.ndarray:
-        # empty cells draw 0 without touching the generator
-        draws = self.kernels.poisson_cells(
-            self.seed, role, keys.reshape(-1), counts.reshape(-1), rep_start, n_reps
+    def _draws(self, draw, *args):
+        """``draw(*args)`` (a kernel's draws) as an array of :attr:`xp`: left on the device
+        and wrapped where the backend draws there, copied back when numpy stands in."""
+        if not self.on_device:
+            return draw(*args)
+        d = draw(*args, on_device=True)
+        return self.xp.asarray(d) if self.xp is not np else d.copy_to_host()
+
+    def _on_xp(self, x):
+        """Host statistics (arrays, and the dicts, lists and tuples of Grids) on :attr:`xp`."""
+        if x is None or self.xp is np:
+            return x
+        if isinstance(x, dict):
+            return {k: self._on_xp(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(self._on_xp(v) for v in x)
+        return self.xp.asarray(x)
+
+    def _poisson(self, counts: np.ndarray, keys: np.ndarray, role: int, rep_start: int, n_reps: int):
+        # empty cells draw 0 without touching the generator (counts stay on the host: the
+        # kernel takes them from there)
+        draws = self._draws(
+            self.kernels.poisson_cells, self.seed, role, keys.reshape(-1), to_host(counts).reshape(-1), rep_start, n_reps
         )
-        return draws.reshape((n_reps,) + counts.shape)
+        return draws.reshape((n_reps,) + tuple(counts.shape))
 
     def _counts(self, counts: np.ndarray, keys: np.ndarray, role: int, r0: int, R: int, unit: np.ndarray | None) -> np.ndarray:
         """The replicates' counts ``n*`` of a grid: the unit-level ones of the online side
@@ -197,42 +226,49 @@ class CellBootstrap:
         star = unit[r0 : r0 + R]
         if star.shape[1:] != counts.shape:
             raise ValueError(f"Unit-level replicate counts of shape {star.shape[1:]} for a grid of shape {counts.shape}.")
-        return star
+        return self._on_xp(star)
 
-    def _normal(self, keys: np.ndarray, role: int, rep_start: int, n_reps: int) -> np.ndarray:
-        z = self.kernels.normal_cells(self.seed, role, keys.reshape(-1), rep_start, n_reps)
+    def _normal(self, keys: np.ndarray, role: int, rep_start: int, n_reps: int):
+        z = self._draws(self.kernels.normal_cells, self.seed, role, keys.reshape(-1), rep_start, n_reps)
         return z.reshape((n_reps,) + keys.shape)
 
-    @staticmethod
-    def _sum_star(n_star, count, total, total_sq, z):
+    def _sum_star(self, n_star, count, total, total_sq, z):
         """``n* mean + sqrt(n*) sd Z`` per cell (0 where the cell is empty)."""
+        xp = self.xp
         with np.errstate(divide="ignore", invalid="ignore"):
-            mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
-            var = np.where(count > 0, total_sq / np.maximum(count, 1) - mean * mean, 0.0)
-        sd = np.sqrt(np.maximum(var, 0.0))
-        return n_star * mean + np.sqrt(n_star) * sd * z
+            mean = xp.where(count > 0, total / xp.maximum(count, 1), 0.0)
+            var = xp.where(count > 0, total_sq / xp.maximum(count, 1) - mean * mean, 0.0)
+        sd = xp.sqrt(xp.maximum(var, 0.0))
+        return n_star * mean + xp.sqrt(n_star) * sd * z
 
-    def _calib_star(self, score_star, calib: dict[str, np.ndarray], grid: str, role: int, r0: int, R: int):
+    def _calib_star(self, score_star, calib: dict, grid: str, role: int, r0: int, R: int):
+        xp = self.xp
         count = aggregate_bins(score_star, self._coarse_to_calib, self._n_calib)
         z = self._normal(cell_keys(self.slice_keys, grid, calib["count"].shape[1:]), role, r0, R)
-        sign = np.array([1.0, -1.0, 1.0])[:, None]  # log-loss term falls with p for positives
+        sign = xp.asarray([1.0, -1.0, 1.0])[:, None]  # log-loss term falls with p for positives
         c = calib["count"]
         p = self._sum_star(count, c, calib["p"], calib["p2"], z)
         with np.errstate(divide="ignore", invalid="ignore"):
-            mean_p = np.where(c > 0, calib["p"] / np.maximum(c, 1), 0.0)
-            var_p = np.where(c > 0, calib["p2"] / np.maximum(c, 1) - mean_p**2, 0.0)
+            mean_p = xp.where(c > 0, calib["p"] / xp.maximum(c, 1), 0.0)
+            var_p = xp.where(c > 0, calib["p2"] / xp.maximum(c, 1) - mean_p**2, 0.0)
         # sd of p^2 by the delta method (the fourth moment is not stored)
-        p2_sd_sq = (2.0 * mean_p) ** 2 * np.maximum(var_p, 0.0)
-        p2_mean = np.where(c > 0, calib["p2"] / np.maximum(c, 1), 0.0)
-        p2 = count * p2_mean + np.sqrt(count) * np.sqrt(p2_sd_sq) * z
+        p2_sd_sq = (2.0 * mean_p) ** 2 * xp.maximum(var_p, 0.0)
+        p2_mean = xp.where(c > 0, calib["p2"] / xp.maximum(c, 1), 0.0)
+        p2 = count * p2_mean + xp.sqrt(count) * xp.sqrt(p2_sd_sq) * z
         ll = self._sum_star(count, c, calib["ll"], calib["ll2"], z * sign)
         return {"count": count, "p": p, "p2": p2, "ll": ll}
 
     def resample(self, g: Grids, role: int, rep_start: int, n_reps: int, need: ME.Need = ME.ALL) -> Grids:
         """``n_reps`` replicates of coarse grids ``g``, with a leading replicate axis (of the
-        grids the metrics ``need`` asks for read; each cell's draw is the same either way)."""
+        grids the metrics ``need`` asks for read; each cell's draw is the same either way),
+        as arrays of :attr:`xp`."""
         sk, r0, R = self.slice_keys, rep_start, n_reps
         u = self.unit if role == ROLE_ONLINE else None
+        # the sums' statistics where the draws are (the counts go to the kernels as they are)
+        g = dataclasses.replace(
+            g, calib=self._on_xp(g.calib), calib_off=self._on_xp(g.calib_off), delta=self._on_xp(g.delta),
+            value=self._on_xp(g.value),
+        )
 
         def unit(name: str, j: int | None = None) -> np.ndarray | None:
             # the online side's unit-level counts of a grid (a grid without them is a bug)
@@ -287,7 +323,9 @@ class CellBootstrap:
         stars = []
         for r0 in range(0, self.B, chunk):
             star = self.resample(c_base, ROLE_BASELINE, r0, min(chunk, self.B - r0), _union(need, base_need))
-            stars.append((star, ME.measure(star, None, res, layout, base_need)))
+            # the grids stay where they were drawn (the online drift metrics read them), the
+            # metric values come back
+            stars.append((star, _to_host(ME.measure(star, None, res, layout, base_need))))
         return BaselineDraws(c_base, fine, coarse, chunk, stars)
 
     def run(
@@ -323,7 +361,7 @@ class CellBootstrap:
             R = min(chunk, self.B - r0)
             star_on = self.resample(c_on, ROLE_ONLINE, r0, R, need)
             star_base, m_base = shared.stars[i] if shared is not None else (None, None)
-            m_on = ME.measure(star_on, star_base, res, layout, need)
+            m_on = _to_host(ME.measure(star_on, star_base, res, layout, need))  # what comes back
             for k in reps_on:
                 reps_on[k].append(m_on[k] - coarse_on[k][None] + fine_on[k][None])
             if m_base is not None:
@@ -333,6 +371,11 @@ class CellBootstrap:
             online={k: np.concatenate(v) for k, v in reps_on.items()},
             baseline={k: np.concatenate(v) for k, v in reps_base.items()},
         )
+
+
+def _to_host(values: dict) -> dict:
+    """Metric values (per replicate) as numpy arrays: the small result that comes back."""
+    return {k: to_host(v) for k, v in values.items()}
 
 
 def _union(a: ME.Need, b: ME.Need) -> ME.Need:

@@ -35,24 +35,10 @@ import numpy as np
 import pyarrow as pa
 
 from engine.join import JoinedStream, JoinReport, _unique
+from engine.metrics import array_module, to_host
 
 #: ``JoinReport.offline_join`` / ``outcome_join`` of a device join.
 DEVICE_SORT = "device_sort"
-
-
-def array_module() -> Any:
-    """CuPy when it is installed and a device works, else numpy (the host stand-in)."""
-    try:
-        import cupy
-
-        cupy.zeros(1).sum()
-        return cupy
-    except Exception:
-        return np
-
-
-def _to_host(xp: Any, x: Any) -> np.ndarray:
-    return xp.asnumpy(x) if hasattr(xp, "asnumpy") else np.asarray(x)
 
 
 def _read(src: Any, columns: list[str], batch_size: int) -> pa.Table:
@@ -293,7 +279,7 @@ class SortJoinedStream(JoinedStream):
             if value is not None:
                 matched["value"] = (hit, xp.asarray(value)[src], xp.asarray(value_null)[src] | ~hit)
         self.report = report
-        host = {k: tuple(_to_host(xp, a) for a in v) for k, v in matched.items()}
+        host = {k: tuple(to_host(a) for a in v) for k, v in matched.items()}
         return online, host
 
     def _emit(self, online: pa.Table, matched: dict[str, tuple[np.ndarray, ...]]) -> Iterator[pa.RecordBatch]:

@@ -233,12 +233,13 @@ def _baseline_quantile_edges(base_counts) -> np.ndarray:
     means five percentile points), from the whole population's baseline CDF, the same for
     every slice. Scores keep their own [0, 1] units.
     """
-    whole = np.asarray(base_counts, dtype=np.float64)
+    xp = M.xp_of(base_counts)
+    whole = xp.asarray(base_counts, dtype=xp.float64)
     while whole.ndim > 1:
         whole = whole[0] if whole.ndim == 2 else whole.reshape((-1,) + whole.shape[-2:])[0]
-    total = whole.sum()
-    cdf = np.cumsum(whole) / total if total > 0 else np.linspace(0, 1, whole.size + 1)[1:]
-    return np.concatenate([[0.0], cdf])
+    total = float(whole.sum())
+    cdf = xp.cumsum(whole) / total if total > 0 else xp.linspace(0, 1, whole.size + 1)[1:]
+    return xp.concatenate([xp.zeros(1), cdf])
 
 
 def denominators(online: Grids, res: Resolution, layout: Layout, keys) -> dict[MetricKey, np.ndarray]:
@@ -297,7 +298,8 @@ def stack_slices(parts: list[Any], axis: int = 0) -> Any:
         return {k: stack_slices([p[k] for p in parts], axis) for k in first}
     if isinstance(first, (list, tuple)):
         return type(first)(stack_slices([p[i] for p in parts], axis) for i in range(len(first)))
-    return np.concatenate([np.asarray(p) for p in parts], axis=axis)
+    xp = M.xp_of(*parts)
+    return xp.concatenate([xp.asarray(p) for p in parts], axis=axis)
 
 
 def select_slices(g: Grids, index: np.ndarray) -> Grids:

@@ -33,6 +33,24 @@ def xp_of(*arrays: Any):
     return np
 
 
+def array_module() -> Any:
+    """CuPy when it is installed and a device works, else numpy (the host stand-in)."""
+    try:
+        import cupy
+
+        cupy.zeros(1).sum()
+        return cupy
+    except Exception:
+        return np
+
+
+def to_host(x: Any) -> np.ndarray:
+    """``x`` as a numpy array: CuPy arrays are copied back (explicitly: CuPy refuses an
+    implicit conversion), anything else is taken as it is."""
+    xp = xp_of(x)
+    return np.asarray(x) if xp is np else xp.asnumpy(x)
+
+
 def _div(num, den):
     xp = xp_of(num, den)
     num = xp.asarray(num, dtype=xp.float64)

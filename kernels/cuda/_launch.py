@@ -145,6 +145,9 @@ class CudaKernels:
     name = "gpu"
     #: ``engine.stats.Accumulator`` accumulates through :meth:`fused_accumulate`.
     fused = True
+    #: :meth:`poisson_cells` and :meth:`normal_cells` can leave their draws on the device
+    #: (``on_device=True``), where ``engine.bootstrap`` reduces them.
+    draws_on_device = True
 
     def __init__(
         self,
@@ -637,16 +640,19 @@ class CudaKernels:
         counts: ArrayLike,
         rep_start: int,
         n_reps: int,
-    ) -> np.ndarray:
+        on_device: bool = False,
+    ) -> Any:
         """Poisson(``counts``) per (replicate, cell); see ``kernels._api.Kernels.poisson_cells``.
 
         Parameters
         ----------
         counts : (C,) whole numbers, host; or an int64 device array (not checked)
+        on_device : bool
+            Return the draws on the device (no copy back).
 
         Returns
         -------
-        (n_reps, C) int64 host array
+        (n_reps, C) int64 host array, or device array with ``on_device``
         """
         keys = self._keys(cell_keys, "cell_keys")
         n_keys = keys.shape[0]
@@ -655,34 +661,38 @@ class CudaKernels:
         else:
             counts_d = to_device(_rng.as_counts(counts, n_keys))
         if n_reps <= 0 or n_keys == 0:
-            return np.zeros((max(n_reps, 0), n_keys), dtype=np.int64)
+            return self._empty((max(n_reps, 0), n_keys), np.int64, on_device)
         out = cuda.device_array((n_reps, n_keys), dtype=np.int64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_POISSON))
         ztab, ptab, _ = self._tables()
         launch(_kernels.poisson_cells_kernel, (self._grid(n_reps * n_keys)),
             base, keys, counts_d, int(rep_start), int(n_reps), ztab, ptab, out
         )
-        return out.copy_to_host()
+        return out if on_device else out.copy_to_host()
 
     def normal_cells(
-        self, seed: int, role: int, cell_keys: ArrayLike, rep_start: int, n_reps: int
-    ) -> np.ndarray:
+        self, seed: int, role: int, cell_keys: ArrayLike, rep_start: int, n_reps: int, on_device: bool = False
+    ) -> Any:
         """Standard normal per (replicate, cell), independent of :meth:`poisson_cells`.
 
         Returns
         -------
-        (n_reps, C) float64 host array
+        (n_reps, C) float64 host array, or device array with ``on_device``
         """
         keys = self._keys(cell_keys, "cell_keys")
         n_keys = keys.shape[0]
         if n_reps <= 0 or n_keys == 0:
-            return np.zeros((max(n_reps, 0), n_keys), dtype=np.float64)
+            return self._empty((max(n_reps, 0), n_keys), np.float64, on_device)
         out = cuda.device_array((n_reps, n_keys), dtype=np.float64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_NORMAL))
         launch(_kernels.normal_cells_kernel, (self._grid(n_reps * n_keys)),
             base, keys, int(rep_start), int(n_reps), self._tables()[0], out
         )
-        return out.copy_to_host()
+        return out if on_device else out.copy_to_host()
+
+    def _empty(self, shape: tuple[int, int], dtype: Any, on_device: bool) -> Any:
+        """Draws of no replicate or no cell: zeros where the caller wants them."""
+        return self.device_zeros(shape, dtype) if on_device else np.zeros(shape, dtype=dtype)
 
     def unit_weights(self, seed: int, unit_ids: ArrayLike, rep_start: int, n_reps: int) -> Any:
         """Poisson(1) weights per (replicate, row) from a hash of (seed, unit id, replicate).
