@@ -95,3 +95,25 @@ def test_the_gpu_check_brings_its_statistics_back_once(monkeypatch):
     assert batches >= 4 and calls["download"] == 1
     assert [f.to_dict() for f in a.findings] == [f.to_dict() for f in b.findings]
     assert a.data_quality == b.data_quality
+
+
+@pytest.mark.skipif(gpu_problem() is not None, reason="no CUDA device or simulator")
+def test_the_gpu_check_keeps_replicates_on_the_device_with_windows(monkeypatch):
+    """With CuPy (``tests/strict_cupy.py`` standing in: it refuses numpy where CuPy does)
+    the GPU check joins on the device and draws and reduces its replicates there, time
+    windows and localisation included: the CPU's findings and incidents exactly."""
+    import strict_cupy
+
+    evaluation, online, offline, outcomes = _tables(300)
+    seconds = 1_700_000_000 + np.random.default_rng(1).integers(0, 3 * 86400, online.num_rows)
+    online = online.append_column("ts", pa.array(seconds, pa.int64()).cast(pa.timestamp("s")))
+    config = Config(slices=["country"], features={"f1": "numeric", "channel": "categorical"}, thresholds=[0.3, 0.6])
+    bl = build_baseline(evaluation, config, backend="cpu")
+    kwargs = dict(offline=offline, outcomes=outcomes, bootstrap=20, seed=3, time_column="ts", window="1d")
+    a = run_check(bl, online, backend="cpu", **kwargs)
+    strict_cupy.install(monkeypatch)
+    b = run_check(bl, online, backend="gpu", **kwargs)
+    assert b.run["joins"]["engine"] == "sort join on the device (cupy)"
+    assert any(f.window for f in a.findings)
+    assert [f.to_dict() for f in a.findings] == [f.to_dict() for f in b.findings]
+    assert a.incidents == b.incidents

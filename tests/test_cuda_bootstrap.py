@@ -53,10 +53,15 @@ def gpu() -> CudaKernels:
 
 
 def _assert_same(a: dict, b: dict) -> None:
+    """Equal replicates: to the bit with numpy underneath; on a GPU, CuPy's reductions add
+    in another order and its ``log`` is not numpy's, so to the last few bits."""
     assert a.keys() == b.keys() and a
     for k in a:
         assert isinstance(b[k], np.ndarray), k  # only metric values came back
-        np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
+        if REAL_GPU:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=str(k))
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
 
 
 def test_replicates_reduced_on_the_device_equal_the_cpu(sides, xp):

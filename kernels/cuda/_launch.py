@@ -10,7 +10,8 @@ Inputs may be numpy arrays (copied to the device) or device arrays: a Numba devi
   :meth:`CudaKernels.unit_weights` return Numba device arrays (``.copy_to_host()`` brings
   one back; ``cupy.asarray`` wraps one without a copy).
 * Statistics are O(cells): :meth:`CudaKernels.histogram`, :meth:`CudaKernels.poisson_cells`
-  and :meth:`CudaKernels.normal_cells` return host numpy arrays.
+  and :meth:`CudaKernels.normal_cells` return host numpy arrays (the draws stay on the
+  device with ``on_device=True``: ``engine.bootstrap`` reduces them there with CuPy).
 * The accumulate stage keeps its statistics on the device: :meth:`CudaKernels.fused_add`
   adds a batch into a :class:`~kernels.cuda._staging.DeviceStatistics` (its per-row
   columns staged through reusable pinned buffers, copied and computed on two streams, see
