@@ -147,7 +147,9 @@ class CudaKernels:
     #: ``engine.stats.Accumulator`` accumulates through :meth:`fused_accumulate`.
     fused = True
     #: :meth:`poisson_cells` and :meth:`normal_cells` can leave their draws on the device
-    #: (``on_device=True``), where ``engine.bootstrap`` reduces them.
+    #: (``on_device=True``), where ``engine.bootstrap`` reduces them (with CuPy, if
+    #: installed). False: the bootstrap takes host draws and reduces with numpy, so its
+    #: float metrics are the CPU's to the bit (CuPy's reductions may differ in the last bits).
     draws_on_device = True
 
     def __init__(
