@@ -85,7 +85,9 @@ def get_kernels(backend: str = "auto"):
     if problem is None:
         from kernels.cuda import CudaKernels
 
-        return CudaKernels()
+        # the device-reduced bootstrap is opt-in: its float replicates may differ from the
+        # CPU's in the last bits (see CudaKernels.draws_on_device)
+        return CudaKernels(draws_on_device=os.environ.get("PARITY_GPU_BOOTSTRAP") == "device" or None)
     if backend == "gpu":
         raise BackendUnavailableError(f"The gpu backend cannot run here: {problem}.")
     from kernels.cpu import CpuKernels

@@ -112,6 +112,9 @@ def test_the_gpu_check_keeps_replicates_on_the_device_with_windows(monkeypatch):
     kwargs = dict(offline=offline, outcomes=outcomes, bootstrap=20, seed=3, time_column="ts", window="1d")
     a = run_check(bl, online, backend="cpu", **kwargs)
     strict_cupy.install(monkeypatch)
+    from kernels.cuda import CudaKernels
+
+    monkeypatch.setattr(CudaKernels, "draws_on_device", True)  # the opt-in (PARITY_GPU_BOOTSTRAP=device)
     b = run_check(bl, online, backend="gpu", **kwargs)
     assert b.run["joins"]["engine"] == "sort join on the device (cupy)"
     assert any(f.window for f in a.findings)

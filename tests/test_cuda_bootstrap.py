@@ -49,7 +49,7 @@ def sides():
 
 
 def gpu() -> CudaKernels:
-    return CudaKernels() if REAL_GPU else CudaKernels(blocks=2, threads=32)
+    return CudaKernels(draws_on_device=True) if REAL_GPU else CudaKernels(blocks=2, threads=32, draws_on_device=True)
 
 
 def _assert_same(a: dict, b: dict) -> None:

@@ -146,11 +146,13 @@ class CudaKernels:
     name = "gpu"
     #: ``engine.stats.Accumulator`` accumulates through :meth:`fused_accumulate`.
     fused = True
-    #: :meth:`poisson_cells` and :meth:`normal_cells` can leave their draws on the device
-    #: (``on_device=True``), where ``engine.bootstrap`` reduces them (with CuPy, if
-    #: installed). False: the bootstrap takes host draws and reduces with numpy, so its
-    #: float metrics are the CPU's to the bit (CuPy's reductions may differ in the last bits).
-    draws_on_device = True
+    #: Whether ``engine.bootstrap`` takes its draws on the device (``on_device=True``) and
+    #: reduces them there with CuPy (if installed). Off by default: CuPy's reductions add in
+    #: another order than numpy's and its ``log`` is not numpy's, so the float metrics'
+    #: replicates could differ from the CPU's in the last bits, and the same inputs must give
+    #: the same findings on every backend. On (``draws_on_device=True``, or
+    #: ``PARITY_GPU_BOOTSTRAP=device`` for ``--backend gpu``) only metric values come back.
+    draws_on_device = False
 
     def __init__(
         self,
@@ -158,7 +160,10 @@ class CudaKernels:
         threads: int | None = None,
         shared_bytes: int = DEFAULT_SHARED_BYTES,
         count_limit: int = INT32_MAX,
+        draws_on_device: bool | None = None,
     ) -> None:
+        if draws_on_device is not None:
+            self.draws_on_device = bool(draws_on_device)
         if threads is None:
             threads = 32 if _simulated() else 256
         if not (isinstance(threads, int) and 1 <= threads <= 1024):
