@@ -36,7 +36,7 @@ from engine.partition import BucketJob, Partial, accumulate_joined, frame_to_arr
 from engine.stats import WindowSpec, epoch_seconds
 from engine.timeline import DESIGNED_FALSE_ALARM_RATE, iso
 from engine.unit_bootstrap import UnitAccumulator, UnitSpec, accumulator, cost_message, take_replicates
-from kernels import get_kernels
+from kernels import get_kernels, gpu_problem
 
 
 def _resolve_config(bl: Baseline, config: Config | str | os.PathLike | None, overrides: dict[str, Any]) -> Config:
@@ -270,6 +270,9 @@ def run_check(
         "started_at": started.isoformat().replace("+00:00", "Z"),
         "engine_version": __version__,
         "backend": "gpu" if kernels.name == "gpu" else "cpu",
+        # additive: what was asked for, and why auto ran on the CPU (it falls back silently)
+        "backend_requested": backend,
+        "backend_reason": _backend_reason(backend, kernels),
         "baseline_id": bl.id,
         "config_hash": cfg.config_hash(),
         "seed": cfg.seed,
@@ -413,6 +416,13 @@ def _current_client() -> Any:
 def _scheduler_name(client: Any) -> str:
     address = getattr(getattr(client, "scheduler", None), "address", None)
     return str(address or "local")
+
+
+def _backend_reason(requested: str, kernels: Any) -> str | None:
+    """Why ``auto`` took the CPU (None when it took the GPU, or a backend was named)."""
+    if requested != "auto" or kernels.name == "gpu":
+        return None
+    return f"auto took the CPU: {gpu_problem(allow_simulator=False) or 'no usable GPU'}"
 
 
 def _input_record(side: str, given: Any, src: TableSource, report: Any) -> dict[str, Any]:

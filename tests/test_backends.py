@@ -120,3 +120,24 @@ def test_the_gpu_check_keeps_replicates_on_the_device_with_windows(monkeypatch):
     assert any(f.window for f in a.findings)
     assert [f.to_dict() for f in a.findings] == [f.to_dict() for f in b.findings]
     assert a.incidents == b.incidents
+
+
+def test_auto_falls_back_to_the_cpu_silently_and_the_run_record_says_why():
+    """``--backend auto`` never takes the simulator: on a machine without a GPU it runs on
+    the CPU without a warning, and the run record says what was asked for and why."""
+    if gpu_problem(allow_simulator=False) is None:
+        pytest.skip("this machine has a working GPU")
+    evaluation, online, offline, outcomes = _tables()
+    config = Config(slices=["country"], features={"f1": "numeric"}, thresholds=[0.5])
+    bl = build_baseline(evaluation, config, backend="cpu")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # silently: no warning on the way
+        auto = run_check(bl, online, offline=offline, outcomes=outcomes, bootstrap=20, backend="auto")
+    cpu = run_check(bl, online, offline=offline, outcomes=outcomes, bootstrap=20, backend="cpu")
+    assert auto.run["backend"] == "cpu" and auto.run["backend_requested"] == "auto"
+    assert auto.run["backend_reason"].startswith("auto took the CPU: ")
+    assert len(auto.run["backend_reason"]) > len("auto took the CPU: ")
+    assert cpu.run["backend_requested"] == "cpu" and cpu.run["backend_reason"] is None
+    assert [f.to_dict() for f in auto.findings] == [f.to_dict() for f in cpu.findings]
