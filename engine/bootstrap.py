@@ -66,7 +66,7 @@ import numpy as np
 from engine import _cache
 from engine import measure as ME
 from engine.encode import Layout, stable_key
-from engine.metrics import aggregate_bins, array_module, to_host
+from engine.metrics import aggregate_bins, array_module, quiet_runtime_warnings, to_host
 from engine.measure import Grids, MetricKey
 
 _cache.announce_compiles()
@@ -415,8 +415,6 @@ def percentile_interval(reps: np.ndarray, level: float = 0.95) -> tuple[np.ndarr
     them holds a NaN (and its numbers then depend, in the last bit, on whether another column
     does); this way each column's interval depends on that column only.
     """
-    import warnings
-
     alpha = (1.0 - level) / 2.0
     reps = np.asarray(reps, dtype=np.float64)
     if reps.ndim == 0 or reps.shape[0] == 0:
@@ -431,18 +429,14 @@ def percentile_interval(reps: np.ndarray, level: float = 0.95) -> tuple[np.ndarr
     if clean.any():
         lo[clean], hi[clean] = np.quantile(flat[:, clean], [alpha, 1.0 - alpha], axis=0)
     if has_nan.any():
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        with np.errstate(all="ignore"), quiet_runtime_warnings():
             lo[has_nan], hi[has_nan] = np.nanquantile(flat[:, has_nan], [alpha, 1.0 - alpha], axis=0)
     return lo.reshape(reps.shape[1:]), hi.reshape(reps.shape[1:])
 
 
 def standard_error(reps: np.ndarray) -> np.ndarray:
     """Bootstrap standard error over axis 0, ignoring NaN replicates."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with quiet_runtime_warnings():
         return np.nanstd(reps, axis=0, ddof=1)
 
 

@@ -34,6 +34,7 @@ A NaN anywhere makes every comparison false: an undefined value is never beyond 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Literal
 
 __all__ = [
@@ -333,9 +334,10 @@ class MetricSpec:
         # Validates the value and the (kind, bad) pair, and normalises the value to float.
         object.__setattr__(self, "tolerance", self.tolerance_spec.value)
 
-    @property
+    @cached_property
     def tolerance_spec(self) -> Tolerance:
-        """The metric's :class:`Tolerance` (kind, value, bad direction)."""
+        """The metric's :class:`Tolerance` (kind, value, bad direction); made once (every
+        test of the metric reads it)."""
         return Tolerance(self.tolerance_kind, self.tolerance, self.bad, self.min_margin)
 
     def with_(self, **changes: Any) -> MetricSpec:

@@ -45,6 +45,7 @@ from engine.bootstrap import (
 from engine.catalogue import MetricSpec, Tolerance
 from engine.config import Config
 from engine.encode import Layout
+from engine.metrics import quiet_runtime_warnings
 
 STATUS_ORDER = {"ok": 0, "warn": 1, "alert": 2}
 
@@ -723,10 +724,7 @@ def grouped_fdr(p_values: list[float], groups: list[Any], q: float) -> np.ndarra
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with quiet_runtime_warnings():
         return np.nanmean(a, axis=0)
 
 

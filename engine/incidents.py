@@ -137,14 +137,24 @@ class Remainders:
             {c: values[k][code] for k, (c, code) in enumerate(zip(self.atom_columns, row))}
             for row in layout.atom_codes()
         ]
+        # each atom column's value per atom, and the atoms of each slice asked about (made once)
+        self._atom_values = {c: np.array([a[c] for a in self.atom_labels], dtype=object) for c in self.atom_columns}
+        self._atoms_in: dict[str, np.ndarray] = {}
 
     @staticmethod
     def overlap(a: dict[str, str], b: dict[str, str]) -> bool:
         return all(b.get(k, v) == v for k, v in a.items())
 
-    @staticmethod
-    def holds(atom: dict[str, str], s: dict[str, str]) -> bool:
-        return all(atom[k] == v for k, v in s.items())
+    def atoms_in(self, s: dict[str, str]) -> np.ndarray:
+        """Which atoms lie inside slice ``s`` (a boolean mask over the atoms)."""
+        key = slice_json(s)
+        mask = self._atoms_in.get(key)
+        if mask is None:
+            mask = np.ones(len(self.atom_labels), dtype=bool)
+            for column, value in s.items():
+                mask &= self._atom_values[column] == value
+            self._atoms_in[key] = mask
+        return mask
 
     def plan(self, s: dict[str, str], culprits: list[dict[str, str]]) -> tuple[int | None, list[int]] | None:
         """How to take the rows of ``culprits`` out of ``s``: ``(judged slice to subtract,
@@ -156,11 +166,8 @@ class Remainders:
         cols = set(s).union(*culprits)
         if not cols <= set(self.atom_columns):
             return None
-        atoms = [
-            i for i, a in enumerate(self.atom_labels)
-            if self.holds(a, s) and any(self.holds(a, c) for c in culprits)
-        ]
-        return None, atoms
+        in_culprits = np.logical_or.reduce([self.atoms_in(c) for c in culprits])
+        return None, np.flatnonzero(self.atoms_in(s) & in_culprits).tolist()
 
 
 # ---------------------------------------------------------------------- localisation

@@ -14,13 +14,30 @@ better. Canonical output names are those of DESIGN section 5.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import threading
+import warnings
+from typing import Any, Iterator
 
 import numpy as np
 
 #: PSI smoothing: proportions are (p + EPS) / (1 + k * EPS) before the log ratio.
 PSI_EPS = 1e-4
 ECE_BINS = 10
+
+
+#: ``warnings.catch_warnings`` swaps process-wide state: two threads inside it at once (the
+#: time windows are judged beside the localisation) can leave a filter behind.
+_WARNINGS = threading.RLock()
+
+
+@contextlib.contextmanager
+def quiet_runtime_warnings() -> Iterator[None]:
+    """Ignore ``RuntimeWarning`` (empty or all-NaN slices in the nan-reductions) inside,
+    one thread at a time."""
+    with _WARNINGS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def xp_of(*arrays: Any):

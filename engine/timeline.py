@@ -138,12 +138,15 @@ def judge_windows(acc: Accumulator, stats: Statistics, spec: WindowSpec, baselin
     return Timeline(findings, control_series(findings), spec)
 
 
+_STANDARD_NORMAL = NormalDist()
+
+
 def _z(f: Finding) -> float:
     """The window's one-sided z of "beyond tolerance" (NaN when it was not judged)."""
     if f.status == "insufficient_data" or f.p_value is None:
         return math.nan
     p = min(max(f.p_value, 1e-300), 1 - 1e-16)
-    return -NormalDist().inv_cdf(p)
+    return -_STANDARD_NORMAL.inv_cdf(p)
 
 
 def control_series(findings: list[Finding]) -> dict[tuple, list[dict[str, Any]]]:
