@@ -8,8 +8,6 @@ same whether the statistics came from one process, Dask or a checkpointed run.
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,12 +172,6 @@ def assess(sides: Sides, ctx: Context, windowed: tuple | None = None) -> Assessm
         ev.label_rows = _rows_due(*windowed, cfg.label_horizon_seconds)
     judge = Judge(ctx.layout, cfg)
     findings = judge.findings(ev)
-    pending = None
-    if windowed is not None and ctx.kernels.name == "cpu":
-        # on the CPU the windows are judged beside the localisation (independent work;
-        # numpy releases the GIL in its array operations, so the two share the cores); the
-        # GPU backend's launches stay on one thread
-        pending = _POOL().submit(judge_windows, *windowed, base, ctx, evidence)
     loc: Localisation = localise(
         findings, sides.online, sides.baseline, ctx.layout, cfg,
         lambda d_on, d_base, keys, need: evidence(
@@ -193,7 +185,8 @@ def assess(sides: Sides, ctx: Context, windowed: tuple | None = None) -> Assessm
     incidents = build_incidents(findings, loc.explained_by, shares)
     control: list[dict[str, Any]] = []
     if windowed is not None:
-        timeline = pending.result() if pending is not None else judge_windows(*windowed, base, ctx, evidence)
+        acc, stats, spec = windowed
+        timeline = judge_windows(acc, stats, spec, base, ctx, evidence)
         time_incidents(incidents, findings, timeline)
         control = chart_records(incidents, findings, timeline)
         findings = sorted(findings + timeline.findings, key=Finding.sort_key)
@@ -205,12 +198,6 @@ def assess(sides: Sides, ctx: Context, windowed: tuple | None = None) -> Assessm
         "explained_findings": len(loc.explained_by),
     }
     return Assessment(findings, incidents, judge.empty_slices, record, control)
-
-
-@functools.lru_cache(maxsize=1)
-def _POOL() -> concurrent.futures.ThreadPoolExecutor:
-    """One worker thread for the windows' judging (made once, on first use)."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="parity-windows")
 
 
 def _rows_due(acc, stats, spec, horizon: int) -> tuple[np.ndarray, np.ndarray]:

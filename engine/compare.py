@@ -247,7 +247,7 @@ class Judge:
 
     def _metric_tests(self, ev: Evidence) -> list[_Test]:
         tests: list[_Test] = []
-        total = self._totals(ev.slice_rows)
+        shares = (np.asarray(ev.slice_rows, dtype=np.float64) / self._totals(ev.slice_rows)).tolist()
         for key, value in ev.online.items():
             name, scores, feature = key
             spec = self._spec(name)
@@ -262,36 +262,45 @@ class Judge:
             diff = value - expected
             lo, hi, se = self._interval(key, spec, value, diff, diff_reps, n, ev)
             n_base = self._baseline_n(key, spec, value.shape, ev)
-            twin = None
-            if scores == "offline" and (name, "online", feature) in ev.online:
-                twin_key = (name, "online", feature)
-                twin = (np.asarray(ev.online[twin_key]), np.asarray(ev.n[twin_key]))
+            n_int = np.where(np.isfinite(n), n, 0).astype(np.int64)
+            # the tests of this metric, slice by slice (and threshold by threshold), as flat
+            # lists of Python numbers: one conversion per array, not one per test
             per_x = value.ndim == 2
-            for s in range(value.shape[0]):
-                for x in range(value.shape[1] if per_x else 1):
-                    idx = (s, x) if per_x else (s,)
-                    t = _Test(
-                        key=key,
-                        spec=spec,
-                        s=s,
-                        threshold=self.thresholds[x] if per_x else None,
-                        feature=feature,
-                        value=float(value[idx]),
-                        expected=float(expected[idx]),
-                        diff=float(diff[idx]),
-                        lo=float(lo[idx]),
-                        hi=float(hi[idx]),
-                        se=float(se[idx]),
-                        n=int(n[idx]) if np.isfinite(n[idx]) else 0,
-                        n_base=float(n_base[idx]),
-                    )
-                    if twin is not None:
-                        t.duplicate = bool(
-                            np.array_equal(twin[0][idx], value[idx], equal_nan=True) and twin[1][idx] == n[idx]
-                        )
-                    t.share = float(ev.slice_rows[s]) / total[s]
+            X = value.shape[1] if per_x else 1
+            slice_of = np.repeat(np.arange(value.shape[0]), X)
+            duplicate = np.zeros(value.size, dtype=bool)
+            if scores == "offline" and (name, "online", feature) in ev.online:
+                # byte-identical to the served scores' test (the replay equals them here)
+                twin_key = (name, "online", feature)
+                tv, tn = np.asarray(ev.online[twin_key]), np.asarray(ev.n[twin_key])
+                same_value = (tv == value) | (np.isnan(tv) & np.isnan(value))
+                duplicate = (same_value & (tn == n)).reshape(-1)
+            # tests that may lack data: the checks of _sufficiency, vectorised; each of these
+            # goes through _sufficiency itself (which gives the reason)
+            maybe_short = (
+                ~np.isfinite(value) | ~np.isfinite(expected) | (n_int < spec.min_rows) | (n_base < spec.min_rows)
+            ).reshape(-1)
+            if spec.min_events and scores is not None:
+                few = np.minimum(*ev.events[scores]) < spec.min_events
+                if ev.baseline_events is not None:
+                    few = few | (np.minimum(*ev.baseline_events) < spec.min_events)
+                maybe_short |= np.asarray(few)[slice_of]
+            thresholds = self.thresholds if per_x else [None]
+            columns = zip(
+                slice_of.tolist(), value.reshape(-1).tolist(), expected.reshape(-1).tolist(),
+                diff.reshape(-1).tolist(), lo.reshape(-1).tolist(), hi.reshape(-1).tolist(),
+                se.reshape(-1).tolist(), n_int.reshape(-1).tolist(), n_base.reshape(-1).tolist(),
+                duplicate.tolist(), maybe_short.tolist(),
+            )
+            for i, (s, v, e, d, l, h, sd, k, kb, dup, short) in enumerate(columns):
+                t = _Test(
+                    key=key, spec=spec, s=s, threshold=thresholds[i % X], feature=feature,
+                    value=v, expected=e, diff=d, lo=l, hi=h, se=sd, n=k, n_base=kb, duplicate=dup,
+                )
+                t.share = shares[s]
+                if short:
                     self._sufficiency(t, ev, scores)
-                    tests.append(t)
+                tests.append(t)
         return tests
 
     def _expectation(self, key, spec: MetricSpec, value, reps, ev: Evidence):

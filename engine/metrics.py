@@ -15,7 +15,6 @@ better. Canonical output names are those of DESIGN section 5.
 from __future__ import annotations
 
 import contextlib
-import threading
 import warnings
 from typing import Any, Iterator
 
@@ -26,16 +25,10 @@ PSI_EPS = 1e-4
 ECE_BINS = 10
 
 
-#: ``warnings.catch_warnings`` swaps process-wide state: two threads inside it at once (the
-#: time windows are judged beside the localisation) can leave a filter behind.
-_WARNINGS = threading.RLock()
-
-
 @contextlib.contextmanager
 def quiet_runtime_warnings() -> Iterator[None]:
-    """Ignore ``RuntimeWarning`` (empty or all-NaN slices in the nan-reductions) inside,
-    one thread at a time."""
-    with _WARNINGS, warnings.catch_warnings():
+    """Ignore ``RuntimeWarning`` inside (empty or all-NaN columns in the nan-reductions)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
 

@@ -9,7 +9,6 @@ end (integer addition: the result does not depend on the number of threads).
 
 from __future__ import annotations
 
-import threading
 import warnings
 
 import numba
@@ -22,12 +21,6 @@ from kernels.cpu_fused import _key_bin
 
 _cache.announce_compiles()
 _RNG = _rng.build(njit(inline="always", cache=True))
-
-#: One parallel region at a time: Numba's workqueue threading layer (taken where neither
-#: TBB nor OpenMP is present) aborts the process when two threads enter parallel code at
-#: once, and the checks judge their time windows in a thread beside the localisation
-#: (``engine.assess``). Each region already uses every core, so nothing is lost.
-_PARALLEL = threading.Lock()
 _cell_base, _draw_hash = _RNG.cell_base, _RNG.draw_hash
 _poisson, _normal, _poisson1 = _RNG.poisson, _RNG.normal, _RNG.poisson1
 
@@ -192,8 +185,7 @@ class CpuKernels:
         if values.dtype not in (np.float32, np.float64):
             values = values.astype(np.float64)
         out = np.empty(values.shape[0], dtype=np.int32)
-        with _PARALLEL:
-            _bin_index_lut(values, index.padded, len(index.edges), index.kmin, index.shift, index.lut, index.steps, out)
+        _bin_index_lut(values, index.padded, len(index.edges), index.kmin, index.shift, index.lut, index.steps, out)
         return out
 
     def histogram(self, outer, outer_offsets, inner, inner_size, n_cells, weights=None):
@@ -204,32 +196,29 @@ class CpuKernels:
         weights = np.ascontiguousarray(np.atleast_2d(weights), dtype=np.int64)
         n = outer.shape[1]
         n_chunks = max(1, min(numba.get_num_threads() * 2, -(-n // _CHUNK_ROWS)))
-        with _PARALLEL:
-            return _histogram(
-                outer,
-                np.ascontiguousarray(outer_offsets, dtype=np.int64),
-                inner,
-                int(inner_size),
-                int(n_cells),
-                weights,
-                n_chunks,
-            )
+        return _histogram(
+            outer,
+            np.ascontiguousarray(outer_offsets, dtype=np.int64),
+            inner,
+            int(inner_size),
+            int(n_cells),
+            weights,
+            n_chunks,
+        )
 
     def poisson_cells(self, seed, role, cell_keys, counts, rep_start, n_reps):
         keys = np.ascontiguousarray(cell_keys, dtype=np.uint64)
         counts = _rng.as_counts(counts, keys.shape[0])
         out = np.empty((n_reps, keys.shape[0]), dtype=np.int64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_POISSON))
-        with _PARALLEL:
-            _poisson_cells(base, keys, counts, rep_start, n_reps, _rng.NORMAL_TABLE, _rng.POISSON_TABLE, out)
+        _poisson_cells(base, keys, counts, rep_start, n_reps, _rng.NORMAL_TABLE, _rng.POISSON_TABLE, out)
         return out
 
     def normal_cells(self, seed, role, cell_keys, rep_start, n_reps):
         keys = np.ascontiguousarray(cell_keys, dtype=np.uint64)
         out = np.empty((n_reps, keys.shape[0]), dtype=np.float64)
         base = np.uint64(_rng.stream_base(seed, role, _rng.STREAM_NORMAL))
-        with _PARALLEL:
-            _normal_cells(base, keys, rep_start, n_reps, _rng.NORMAL_TABLE, out)
+        _normal_cells(base, keys, rep_start, n_reps, _rng.NORMAL_TABLE, out)
         return out
 
     def unit_histogram(self, seed, unit_ids, cells, n_cells, rep_start, n_reps):
@@ -248,14 +237,12 @@ class CpuKernels:
         out = np.zeros((max(n_reps, 0), int(n_cells)), dtype=np.int64)
         base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
         if n_reps > 0 and ids.shape[0]:
-            with _PARALLEL:
-                _unit_histogram(base, ids, cells, rep_start, n_reps, _rng.POISSON1_THRESHOLDS, out)
+            _unit_histogram(base, ids, cells, rep_start, n_reps, _rng.POISSON1_THRESHOLDS, out)
         return out
 
     def unit_weights(self, seed, unit_ids, rep_start, n_reps):
         ids = np.ascontiguousarray(unit_ids, dtype=np.uint64)
         out = np.empty((n_reps, ids.shape[0]), dtype=np.int32)
         base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
-        with _PARALLEL:
-            _unit_weights(base, ids, rep_start, n_reps, _rng.POISSON1_THRESHOLDS, out)
+        _unit_weights(base, ids, rep_start, n_reps, _rng.POISSON1_THRESHOLDS, out)
         return out
