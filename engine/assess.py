@@ -121,8 +121,7 @@ def evidence(
     offline_drift = {}
     if ctx.has_offline:
         events["offline"] = (on.offline[..., 0, :].sum(-1), on.offline[..., 1, :].sum(-1))
-        drift = M.score_drift(on.offline.sum(-2), base.score.sum(-2), fine.score_edges, fine.decile_map)
-        offline_drift[("psi", None, "score")] = drift["psi"]
+        offline_drift[("psi", None, "score")] = M.score_psi(on.offline.sum(-2), base.score.sum(-2), fine.decile_map)
     baseline_rows = {"score": base.score.sum((-1, -2))}
     for j, f in enumerate(layout.features):
         baseline_rows[f.name] = base.features[j].sum(-1)

@@ -200,11 +200,7 @@ def measure(
             out[(name, None, None)] = arr
     if baseline is not None and need.drift("score"):
         on_score, base_score = online.score.sum(-2), baseline.score.sum(-2)
-        drift = M.score_drift(on_score, base_score, res.score_edges, res.decile_map)
-        n_js = int(res.js_map.max()) + 1
-        drift["js_divergence"] = M.js_divergence(
-            M.aggregate_bins(on_score, res.js_map, n_js), M.aggregate_bins(base_score, res.js_map, n_js)
-        )
+        drift = M.score_drift(on_score, base_score, res.score_edges, res.decile_map, js_map=res.js_map)
         for name, arr in drift.items():
             out[(name, None, "score")] = arr
     if baseline is not None:
@@ -219,9 +215,10 @@ def measure(
             out[("js_divergence", None, f.name)] = M.js_divergence(on_psi, base_psi)
             if f.kind == "numeric":
                 on_v, base_v = _feature_values_only(on, f), _feature_values_only(base, f)
-                out[("ks", None, f.name)] = M.ks_statistic(on_v, base_v)
+                d = M.cdf_difference(on_v, base_v)  # one for KS and Wasserstein
+                out[("ks", None, f.name)] = M.ks_statistic(on_v, base_v, cdf_diff=d)
                 out[("wasserstein", None, f.name)] = M.wasserstein_distance(
-                    on_v, base_v, _baseline_quantile_edges(base_v)
+                    on_v, base_v, _baseline_quantile_edges(base_v), cdf_diff=d
                 )
     return out
 

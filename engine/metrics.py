@@ -104,8 +104,7 @@ def confusion_at(neg, pos, threshold_bins):
     tuple of four (..., T) float64 arrays.
     """
     xp = xp_of(neg, pos)
-    neg = xp.asarray(neg, dtype=xp.float64)
-    pos = xp.asarray(pos, dtype=xp.float64)
+    neg, pos = _summable(neg), _summable(pos)
     # a suffix sum per threshold (few thresholds: cheaper than a reverse cumsum of every bin)
     tb = [int(b) for b in np.asarray(threshold_bins)]
     shape = neg.shape[:-1] + (len(tb),)
@@ -113,7 +112,15 @@ def confusion_at(neg, pos, threshold_bins):
     fp = xp.stack([neg[..., b:].sum(-1) for b in tb], -1) if tb else xp.zeros(shape)
     fn = pos.sum(-1)[..., None] - tp
     tn = neg.sum(-1)[..., None] - fp
-    return tp, fp, fn, tn
+    return tuple(xp.asarray(x, dtype=xp.float64) for x in (tp, fp, fn, tn))
+
+
+def _summable(counts):
+    """Counts as they are when integer (their sums are exact, and so the same as the sums
+    of their float64 copies, without copying the whole grid), else as float64."""
+    xp = xp_of(counts)
+    counts = xp.asarray(counts)
+    return counts if counts.dtype.kind in "iu" else xp.asarray(counts, dtype=xp.float64)
 
 
 def precision_score(neg, pos, threshold_bins):
@@ -133,10 +140,12 @@ def false_positive_rate(neg, pos, threshold_bins):
 
 def predicted_positive_rate(counts, threshold_bins):
     """Share of rows with ``score >= t``; ``counts`` (..., B) over all rows."""
+    counts = _summable(counts)
     xp = xp_of(counts)
-    zero = xp.zeros_like(counts)
-    tp, fp, _, _ = confusion_at(zero, counts, threshold_bins)
-    return _div(tp, xp.asarray(counts, dtype=xp.float64).sum(-1)[..., None])
+    tb = [int(b) for b in np.asarray(threshold_bins)]
+    shape = counts.shape[:-1] + (len(tb),)
+    above = xp.stack([counts[..., b:].sum(-1) for b in tb], -1) if tb else xp.zeros(shape)
+    return _div(above, counts.sum(-1)[..., None])
 
 
 def positive_rate(neg_total, pos_total):
@@ -188,9 +197,11 @@ def population_stability_index(p_counts, q_counts, eps: float = PSI_EPS):
 
 def js_divergence(p_counts, q_counts):
     """Jensen-Shannon divergence in bits (base 2; the divergence, not its square root)."""
-    xp = xp_of(p_counts, q_counts)
-    p = _proportions(p_counts)
-    q = _proportions(q_counts)
+    return _js_of_proportions(_proportions(p_counts), _proportions(q_counts))
+
+
+def _js_of_proportions(p, q):
+    xp = xp_of(p, q)
     m = 0.5 * (p + q)
 
     def kl(a, b):
@@ -201,14 +212,20 @@ def js_divergence(p_counts, q_counts):
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
-def ks_statistic(p_counts, q_counts):
-    """Two-sample Kolmogorov-Smirnov statistic over bins: ``max |F_p - F_q|``."""
+def cdf_difference(p_counts, q_counts):
+    """``F_p - F_q`` at the upper edge of every bin (what KS and Wasserstein read)."""
     xp = xp_of(p_counts, q_counts)
-    diff = xp.cumsum(_proportions(p_counts), -1) - xp.cumsum(_proportions(q_counts), -1)
-    return xp.abs(diff).max(-1)
+    return xp.cumsum(_proportions(p_counts), -1) - xp.cumsum(_proportions(q_counts), -1)
 
 
-def wasserstein_distance(p_counts, q_counts, bin_edges):
+def ks_statistic(p_counts, q_counts, cdf_diff=None):
+    """Two-sample Kolmogorov-Smirnov statistic over bins: ``max |F_p - F_q|``
+    (``cdf_diff``: :func:`cdf_difference` of the counts, when the caller has it)."""
+    d = cdf_difference(p_counts, q_counts) if cdf_diff is None else cdf_diff
+    return xp_of(d).abs(d).max(-1)
+
+
+def wasserstein_distance(p_counts, q_counts, bin_edges, cdf_diff=None):
     """Wasserstein-1 between two binned distributions.
 
     Mass is spread uniformly inside each bin, so the CDFs are piecewise linear and the
@@ -217,9 +234,11 @@ def wasserstein_distance(p_counts, q_counts, bin_edges):
     Parameters
     ----------
     bin_edges : (B + 1,) float, the outer edges included (e.g. 0 and 1 for scores).
+    cdf_diff : array, optional
+        :func:`cdf_difference` of the counts, when the caller has it.
     """
-    xp = xp_of(p_counts, q_counts)
-    d = xp.cumsum(_proportions(p_counts), -1) - xp.cumsum(_proportions(q_counts), -1)
+    d = cdf_difference(p_counts, q_counts) if cdf_diff is None else cdf_diff
+    xp = xp_of(d)
     zero = xp.zeros(d.shape[:-1] + (1,))
     d = xp.abs(xp.concatenate([zero, d], -1))
     widths = xp.diff(xp.asarray(bin_edges, dtype=xp.float64))
@@ -348,23 +367,33 @@ def performance_metrics(score, threshold_bins, calib_count, calib_p, calib_ll, c
     return out
 
 
-def score_drift(online, baseline, bin_edges, decile_map):
+def score_drift(online, baseline, bin_edges, decile_map, js_map=None):
     """Drift of the score distribution: psi (deciles), js_divergence, ks, wasserstein.
 
     ``online``, ``baseline``: (..., S, B) counts over the same score bins, all label states.
-    ``bin_edges``: (B + 1,) outer edges (0 and 1 included).
+    ``bin_edges``: (B + 1,) outer edges (0 and 1 included). ``js_map``: the bins' groups for
+    the JS divergence (each bin its own without it).
     """
     xp = xp_of(online, baseline)
     baseline = xp.broadcast_to(baseline, online.shape) if baseline.ndim < online.ndim else baseline
-    n_dec = int(np.max(decile_map)) + 1
+    if js_map is None:
+        js = js_divergence(online, baseline)
+    else:
+        n_js = int(np.max(js_map)) + 1
+        js = js_divergence(aggregate_bins(online, js_map, n_js), aggregate_bins(baseline, js_map, n_js))
+    d = cdf_difference(online, baseline)  # one for KS and Wasserstein
     return {
-        "psi": population_stability_index(
-            aggregate_bins(online, decile_map, n_dec), aggregate_bins(baseline, decile_map, n_dec)
-        ),
-        "js_divergence": js_divergence(online, baseline),
-        "ks": ks_statistic(online, baseline),
-        "wasserstein": wasserstein_distance(online, baseline, bin_edges),
+        "psi": score_psi(online, baseline, decile_map),
+        "js_divergence": js,
+        "ks": ks_statistic(None, None, cdf_diff=d),
+        "wasserstein": wasserstein_distance(None, None, bin_edges, cdf_diff=d),
     }
+
+
+def score_psi(online, baseline, decile_map):
+    """PSI of the score over the baseline's deciles (``decile_map``: each bin's decile)."""
+    n_dec = int(np.max(decile_map)) + 1
+    return population_stability_index(aggregate_bins(online, decile_map, n_dec), aggregate_bins(baseline, decile_map, n_dec))
 
 
 def skew_metrics(joint, n_thresholds, delta_count, delta_sum, delta_edges):
