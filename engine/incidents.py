@@ -205,9 +205,12 @@ def localise(
     concentrated) is chosen, and the next round goes on, up to ``MAX_CULPRITS`` slices.
     """
     flagged = [f for f in findings if f.status in FLAGGED and f.window is None and not _table_level(f)]
+    # each flagged finding's slice (as JSON) and test key, made once (the rounds read them often)
+    sj = {f.id: slice_json(f.slice) for f in flagged}
+    tk = {f.id: test_key(f) for f in flagged}
     by_test: dict[tuple, dict[str, Finding]] = {}
     for f in flagged:
-        by_test.setdefault(test_key(f), {})[slice_json(f.slice)] = f
+        by_test.setdefault(tk[f.id], {})[sj[f.id]] = f
     # A performance metric moved on the replay's scores in S may be explained by a slice
     # where it moved on the served scores: there the replay's finding is often the served
     # one's byte-identical twin, which is not emitted.
@@ -222,9 +225,9 @@ def localise(
     by_kind: dict[str, dict[str, Finding]] = {}
     for f in flagged:
         if f.slice:
-            best = by_kind.setdefault(_kind(f), {}).get(slice_json(f.slice))
+            best = by_kind.setdefault(_kind(f), {}).get(sj[f.id])
             if best is None or (f.severity, f.id) > (best.severity, best.id):
-                by_kind[_kind(f)][slice_json(f.slice)] = f
+                by_kind[_kind(f)][sj[f.id]] = f
     rem = Remainders(layout.slice_labels(), layout)
     chosen: dict[str, list[Finding]] = {f.id: [] for f in flagged}
     excess_now = {f.id: _excess(f) for f in flagged}
@@ -236,18 +239,17 @@ def localise(
         asks: list[tuple[Finding, Finding, tuple]] = []
         for key, same in by_test.items():
             for f in same.values():
-                if test_key(f) != key or f.id in explained or len(chosen[f.id]) >= MAX_CULPRITS:
+                if tk[f.id] != key or f.id in explained or len(chosen[f.id]) >= MAX_CULPRITS:
                     continue
                 pool = {**by_kind.get(_kind(f), {}), **{k: c for k, c in same.items() if c.slice}}
-                pool.pop(slice_json(f.slice), None)
-                pool = list(pool.values())
-                for c in pool:
-                    if c in chosen[f.id]:
+                pool.pop(sj[f.id], None)
+                taken = {x.id for x in chosen[f.id]}
+                for c in pool.values():
+                    if c.id in taken:
                         continue
-                    culprits = [x.slice for x in chosen[f.id]] + [c.slice]
-                    q = (slice_json(f.slice), tuple(sorted(slice_json(x) for x in culprits)))
+                    q = (sj[f.id], tuple(sorted([sj[x.id] for x in chosen[f.id]] + [sj[c.id]])))
                     if q not in queries:
-                        plan = rem.plan(f.slice, culprits)
+                        plan = rem.plan(f.slice, [x.slice for x in chosen[f.id]] + [c.slice])
                         if plan is None:
                             continue
                         queries[q] = plan
@@ -258,8 +260,9 @@ def localise(
         need_dq = any(_kind(f) == "data_quality" for f, _, _ in asks)
         # the metrics asked about, and nothing else, are measured on the remainders
         need = ME.Need(frozenset((f.metric, f.scores, f.feature) for f, _, _ in asks if _kind(f) == "model"))
+        asked = {(q, tk[f.id]) for f, _, q in asks}
         excess, quiet, removed = _judge_remainders(
-            queries, rem, online, baseline, layout, config, evidence_for, need_dq, need
+            queries, asked, rem, online, baseline, layout, config, evidence_for, need_dq, need
         )
         options: dict[str, list[tuple[Finding, float, float, bool]]] = {}
         for f, c, q in asks:
@@ -342,6 +345,7 @@ def _table_level(f: Finding) -> bool:
 
 def _judge_remainders(
     queries,
+    asked: set[tuple],
     rem: Remainders,
     online: SliceCells,
     baseline: SliceCells,
@@ -351,7 +355,8 @@ def _judge_remainders(
     need_dq: bool = True,
     need: ME.Need | None = None,
 ):
-    """Judge each planned remainder, like a slice.
+    """Judge each planned remainder, like a slice, on the tests ``asked`` of it ((query,
+    test key) pairs).
 
     Returns ``excess[(query, test key)]``, the point estimate's excess over the tolerance in
     margin units (-inf when too small to judge: the culprits hold nearly all of the slice);
@@ -391,6 +396,8 @@ def _judge_remainders(
     for t in tests:
         name, scores, feature = t.key
         key = (keys[t.s], (name, scores, feature, t.threshold, "null"))  # test_key's, whole period
+        if key not in asked:
+            continue  # the remainder is measured on every metric asked of any remainder
         if t.insufficient:
             excess[key], quiet[key] = -math.inf, True
             continue
