@@ -110,7 +110,7 @@ def evidence(
         baseline_draws.fine if baseline_draws is not None else ME.measure(base, None, fine, layout, need.of_baseline())
     )
     reps_on = reps_base = null = None
-    if bootstrap > 0:
+    if bootstrap > 0 and need.keys != frozenset():  # (data-quality tests need no replicates)
         unit = ctx.unit_replicates if whole_run else None  # windows, localisation: cell-level
         boot = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys, unit=unit)
         reps = boot.run(on, base, shared=baseline_draws, fine_online=online_vals, need=need)

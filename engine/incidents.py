@@ -257,18 +257,14 @@ def localise(
         if not asks:
             break
         judged_pairs += len(queries)
-        need_dq = any(_kind(f) == "data_quality" for f, _, _ in asks)
-        # the metrics asked about, and nothing else, are measured on the remainders
-        need = ME.Need(frozenset((f.metric, f.scores, f.feature) for f, _, _ in asks if _kind(f) == "model"))
+        # the tests asked of each remainder, and nothing else, are measured and judged
         asked = {(q, tk[f.id]) for f, _, q in asks}
-        excess, quiet, removed = _judge_remainders(
-            queries, asked, rem, online, baseline, layout, config, evidence_for, need_dq, need
-        )
+        excess, quiet, removed = _judge_remainders(queries, asked, rem, online, baseline, layout, config, evidence_for)
         options: dict[str, list[tuple[Finding, float, float, bool]]] = {}
         for f, c, q in asks:
-            e = excess.get((q, test_key(f)))
+            e = excess.get((q, tk[f.id]))
             if e is not None:
-                options.setdefault(f.id, []).append((c, e, removed.get(q, 0.0), quiet[(q, test_key(f))]))
+                options.setdefault(f.id, []).append((c, e, removed.get(q, 0.0), quiet[(q, tk[f.id])]))
         for fid, opts in options.items():
             within = [c for c, _, _, ok in opts if ok]
             if within:
@@ -343,6 +339,22 @@ def _table_level(f: Finding) -> bool:
     return f.metric in ("duplicate_key_rate", "conflicting_label_rate")
 
 
+def _grid_group(test: tuple) -> tuple:
+    """The grids a test's metric is measured from (what a remainder must be drawn and
+    measured on to judge it): the data-quality counts, a score source's performance grids,
+    the skew grids, or one column's drift grids."""
+    metric, scores, feature = test[:3]
+    if METRICS[metric].family == "data_quality":
+        return ("data_quality",)
+    if scores is not None:
+        return ("performance", scores)
+    return ("skew",) if feature is None else ("drift", feature)
+
+
+#: The population's row of every remainders' evidence (see :func:`_judge_remainders`).
+_POPULATION_KEY = stable_key(json.dumps(["remainder", "population"]))
+
+
 def _judge_remainders(
     queries,
     asked: set[tuple],
@@ -352,11 +364,16 @@ def _judge_remainders(
     layout,
     config,
     evidence_for,
-    need_dq: bool = True,
-    need: ME.Need | None = None,
 ):
     """Judge each planned remainder, like a slice, on the tests ``asked`` of it ((query,
     test key) pairs).
+
+    The remainders are derived together, then measured grid group by grid group (a score
+    source's performance, the skew, one column's drift, the data-quality counts), each group
+    on the remainders asked about it alone: most remainders are asked about a few metrics of
+    one group. Each measurement's first slice is the population, as in a judged layout (the
+    drift statistics' null and the features' quantile scale are the population baseline's),
+    so a remainder's numbers do not depend on which others it is measured with.
 
     Returns ``excess[(query, test key)]``, the point estimate's excess over the tolerance in
     margin units (-inf when too small to judge: the culprits hold nearly all of the slice);
@@ -366,48 +383,44 @@ def _judge_remainders(
     share of the slice's rows taken out.
     """
     keys = list(queries)
-    S, J = len(rem.labels), len(keys)
-    A = len(rem.atom_labels)
-    plus = np.array([rem.index[k[0]] for k in keys], dtype=np.int64)
-    minus_j = np.zeros((J, S), dtype=np.int64)
-    minus_a = np.zeros((J, max(A, 1)), dtype=np.int64)
-    for r, k in enumerate(keys):
-        judged, atoms = queries[k]
-        if judged is not None:
-            minus_j[r, judged] = 1
-        minus_a[r, atoms] = 1
-    on = derive(online, plus, minus_j, minus_a if online.atoms is not None else None)
-    if baseline.atoms is not None:
-        base = derive(baseline, plus, minus_j, minus_a)
-    else:
-        # without the baseline's atoms, an intersection cannot be taken out of it: the
-        # remainder is compared with the baseline's whole slice (documented approximation)
-        base = derive(baseline, plus, minus_j, None)
-    keyed = np.array([stable_key(json.dumps(["remainder", *k])) for k in keys], dtype=np.uint64)
-    ev = evidence_for(on, base, keyed, ME.ALL if need is None else need)
-    judge = Judge(layout, config)
-    tests = judge._metric_tests(ev) + (judge._dq_tests(ev) if need_dq else [])
+    on, base, keyed = _derive_remainders(queries, keys, rem, online, baseline)
     rows_all = np.asarray(online.judged.dq[:, 0], dtype=np.float64)
     rows_left = np.asarray(on.dq[:, 0], dtype=np.float64)
-    removed = {k: float(1.0 - rows_left[r] / rows_all[plus[r]]) if rows_all[plus[r]] > 0 else 1.0 for r, k in enumerate(keys)}
+    removed = {}
+    for r, k in enumerate(keys, start=1):
+        whole = rows_all[rem.index[k[0]]]
+        removed[k] = float(1.0 - rows_left[r] / whole) if whole > 0 else 1.0
+    row = {k: r for r, k in enumerate(keys, start=1)}
+    by_group: dict[tuple, dict[tuple, set]] = {}  # group -> query -> its metric keys there
+    for q, test in asked:
+        by_group.setdefault(_grid_group(test), {}).setdefault(q, set()).add(test[:3])
     excess: dict[tuple, float] = {}
     quiet: dict[tuple, bool] = {}
     judged: list[tuple] = []  # (test, its key, excess, margin, ci beyond): p-values in one call
-    for t in tests:
-        name, scores, feature = t.key
-        key = (keys[t.s], (name, scores, feature, t.threshold, "null"))  # test_key's, whole period
-        if key not in asked:
-            continue  # the remainder is measured on every metric asked of any remainder
-        if t.insufficient:
-            excess[key], quiet[key] = -math.inf, True
-            continue
-        tol = t.spec.tolerance_spec
-        e = _scaled_excess(tol, t.diff, t.expected)
-        if not math.isfinite(e):
-            continue
-        margin = 0.0 if tol.kind == "floor" else float(tol.margin(t.expected))
-        ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else e > 0
-        judged.append((t, key, e, margin, ci_beyond))
+    judge = Judge(layout, config)
+    for group, of_query in sorted(by_group.items()):
+        members = sorted(of_query, key=row.get)
+        index = np.array([0] + [row[q] for q in members], dtype=np.int64)
+        dq = group == ("data_quality",)
+        need = ME.Need(frozenset() if dq else frozenset().union(*of_query.values()))
+        ev = evidence_for(ME.select_slices(on, index), ME.select_slices(base, index), keyed[index], need)
+        for t in judge._dq_tests(ev) if dq else judge._metric_tests(ev):
+            if t.s == 0:
+                continue  # the population's row
+            name, scores, feature = t.key
+            key = (members[t.s - 1], (name, scores, feature, t.threshold, "null"))  # test_key's, whole period
+            if key not in asked:
+                continue  # measured for another remainder of the group
+            if t.insufficient:
+                excess[key], quiet[key] = -math.inf, True
+                continue
+            tol = t.spec.tolerance_spec
+            e = _scaled_excess(tol, t.diff, t.expected)
+            if not math.isfinite(e):
+                continue
+            margin = 0.0 if tol.kind == "floor" else float(tol.margin(t.expected))
+            ci_beyond = bool(tol.ci_beyond(t.lo, t.hi, t.expected)) if math.isfinite(t.lo) else e > 0
+            judged.append((t, key, e, margin, ci_beyond))
     if judged:
         column = lambda get: np.array([get(j) for j in judged], dtype=np.float64)  # noqa: E731
         p_warn = tolerance_p_values(
@@ -420,6 +433,32 @@ def _judge_remainders(
             excess[key] = e
             quiet[key] = not ci_beyond and not (p < config.fdr_q) if math.isfinite(p) else e <= 0
     return excess, quiet, removed
+
+
+def _derive_remainders(queries, keys: list[tuple], rem: Remainders, online: SliceCells, baseline: SliceCells):
+    """Online and baseline grids of the population (row 0) and of the remainders ``keys`` (of
+    ``queries``: their plans), and the rows' bootstrap keys."""
+    S, J = len(rem.labels), len(keys) + 1
+    A = len(rem.atom_labels)
+    plus = np.array([0] + [rem.index[k[0]] for k in keys], dtype=np.int64)
+    minus_j = np.zeros((J, S), dtype=np.int64)
+    minus_a = np.zeros((J, max(A, 1)), dtype=np.int64)
+    for r, k in enumerate(keys, start=1):
+        judged, atoms = queries[k]
+        if judged is not None:
+            minus_j[r, judged] = 1
+        minus_a[r, atoms] = 1
+    on = derive(online, plus, minus_j, minus_a if online.atoms is not None else None)
+    if baseline.atoms is not None:
+        base = derive(baseline, plus, minus_j, minus_a)
+    else:
+        # without the baseline's atoms, an intersection cannot be taken out of it: the
+        # remainder is compared with the baseline's whole slice (documented approximation)
+        base = derive(baseline, plus, minus_j, None)
+    keyed = np.array(
+        [_POPULATION_KEY] + [stable_key(json.dumps(["remainder", *k])) for k in keys], dtype=np.uint64
+    )
+    return on, base, keyed
 
 
 # ---------------------------------------------------------------------- incidents
