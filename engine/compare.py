@@ -24,6 +24,7 @@ or n), a rate against the baseline's the MOVER combination of the two sides' int
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -111,11 +112,25 @@ def finding_id(
     threshold: float | None,
 ) -> str:
     """``f-`` and 12 hex digits of a hash of the finding's key: the same test in two runs (or
-    two windows' findings and their incident) always has the same id."""
-    key = _ID_ENCODER.encode(
-        [metric, scores, sorted(slice_.items()), None if window is None else window.get("start"), feature, threshold]
-    )
+    two windows' findings and their incident) always has the same id.
+
+    The key is the compact JSON of ``[metric, scores, sorted slice items, window start,
+    feature, threshold]``; a JSON array is its items' JSON joined by commas, so the parts
+    that repeat across slices and windows are encoded once (the same bytes)."""
+    head = _id_head(metric, scores, tuple(sorted(slice_.items())))
+    start = _ID_ENCODER.encode(None if window is None else window.get("start"))
+    key = f"{head},{start},{_id_tail(feature, threshold)}]"
     return "f-" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=65536)
+def _id_head(metric: str, scores: str | None, items: tuple) -> str:
+    return _ID_ENCODER.encode([metric, scores, [list(kv) for kv in items]])[:-1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _id_tail(feature: str | None, threshold: float | None) -> str:
+    return _ID_ENCODER.encode([feature, threshold])[1:-1]
 
 
 def _clean(x: Any) -> float | None:
