@@ -107,3 +107,27 @@ def test_remainders_are_planned_from_judged_slices_or_atoms():
     # too large a cross leaves out the column with the most values
     many = {"a": CategoricalCodes(tuple("xyz")), "b": CategoricalCodes(tuple(str(i) for i in range(40))), "c": CategoricalCodes(("p",))}
     assert choose_atoms(("a", "b", "c"), many, 100) == ("a", "c")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_finding_ids_are_the_hash_of_the_keys_json(seed):
+    """Ids are stable across versions: ``f-`` and a SHA-1 of the compact JSON of the key,
+    whatever characters the slice values, windows and features hold."""
+    import hashlib
+    import random
+
+    from engine.compare import finding_id
+
+    r = random.Random(seed)
+    for _ in range(3000):
+        metric = r.choice(["auc", "psi", "flip_rate", "unseen_value_rate"])
+        scores = r.choice([None, "online", "offline"])
+        slice_ = {c: r.choice(["BR", "é", 'a"b', "x\\y", "日本", "\n"]) for c in r.sample(["country", "device", "ü"], r.randint(0, 3))}
+        window = r.choice([None, {"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}])
+        feature = r.choice([None, "f1", "ü"])
+        threshold = r.choice([None, 0.3, 0.6, 1e-7, 0.1 + 0.2])
+        key = json.dumps(
+            [metric, scores, sorted(slice_.items()), None if window is None else window["start"], feature, threshold],
+            separators=(",", ":"),
+        )
+        assert finding_id(metric, scores, slice_, window, feature, threshold) == "f-" + hashlib.sha1(key.encode()).hexdigest()[:12]
