@@ -70,7 +70,7 @@ def _div(num, den):
 
 
 # ----------------------------------------------------------------------------- ranking
-def auc_score(neg, pos):
+def auc_score(neg, pos, totals=None):
     """Area under the ROC curve from per-bin counts of negatives and positives.
 
     Pairs in the same bin count as ties (1/2), as ``roc_auc_score`` counts equal scores.
@@ -78,26 +78,28 @@ def auc_score(neg, pos):
     Parameters
     ----------
     neg, pos : (..., B) counts over score bins in increasing score order.
+    totals : optional ``(neg.sum(-1), pos.sum(-1))``, when the caller has them.
 
     Returns
     -------
     (...,) float64; NaN when a class is absent.
     """
     xp = xp_of(neg, pos)
-    neg = xp.asarray(neg, dtype=xp.float64)
-    pos = xp.asarray(pos, dtype=xp.float64)
+    neg, pos = _summable(neg), _summable(pos)
+    n_neg, n_pos = (neg.sum(-1), pos.sum(-1)) if totals is None else totals
     below = xp.cumsum(neg, axis=-1) - neg  # negatives in strictly lower bins
     wins = (pos * (below + 0.5 * neg)).sum(axis=-1)
-    return _div(wins, pos.sum(axis=-1) * neg.sum(axis=-1))
+    return _div(wins, xp.asarray(n_pos, dtype=xp.float64) * xp.asarray(n_neg, dtype=xp.float64))
 
 
-def confusion_at(neg, pos, threshold_bins):
+def confusion_at(neg, pos, threshold_bins, totals=None):
     """TP, FP, FN, TN at each threshold: ``score >= t`` iff ``bin >= threshold_bins[k]``.
 
     Parameters
     ----------
     neg, pos : (..., B) counts.
     threshold_bins : (T,) int, first bin at or above each threshold.
+    totals : optional ``(neg.sum(-1), pos.sum(-1))``, when the caller has them.
 
     Returns
     -------
@@ -105,14 +107,22 @@ def confusion_at(neg, pos, threshold_bins):
     """
     xp = xp_of(neg, pos)
     neg, pos = _summable(neg), _summable(pos)
-    # a suffix sum per threshold (few thresholds: cheaper than a reverse cumsum of every bin)
-    tb = [int(b) for b in np.asarray(threshold_bins)]
-    shape = neg.shape[:-1] + (len(tb),)
-    tp = xp.stack([pos[..., b:].sum(-1) for b in tb], -1) if tb else xp.zeros(shape)
-    fp = xp.stack([neg[..., b:].sum(-1) for b in tb], -1) if tb else xp.zeros(shape)
-    fn = pos.sum(-1)[..., None] - tp
-    tn = neg.sum(-1)[..., None] - fp
+    n_neg, n_pos = (neg.sum(-1), pos.sum(-1)) if totals is None else totals
+    tp, fp = _at_or_above(pos, threshold_bins), _at_or_above(neg, threshold_bins)
+    fn = n_pos[..., None] - tp
+    tn = n_neg[..., None] - fp
     return tuple(xp.asarray(x, dtype=xp.float64) for x in (tp, fp, fn, tn))
+
+
+def _at_or_above(counts, threshold_bins):
+    """``(..., T)``: the counts in the bins at or above each threshold's first bin, in the
+    counts' own type (a suffix sum per threshold: few thresholds, cheaper than a reverse
+    cumsum of every bin)."""
+    xp = xp_of(counts)
+    tb = [int(b) for b in np.asarray(threshold_bins)]
+    if not tb:
+        return xp.zeros(counts.shape[:-1] + (0,), dtype=counts.dtype)
+    return xp.stack([counts[..., b:].sum(-1) for b in tb], -1)
 
 
 def _summable(counts):
@@ -141,11 +151,7 @@ def false_positive_rate(neg, pos, threshold_bins):
 def predicted_positive_rate(counts, threshold_bins):
     """Share of rows with ``score >= t``; ``counts`` (..., B) over all rows."""
     counts = _summable(counts)
-    xp = xp_of(counts)
-    tb = [int(b) for b in np.asarray(threshold_bins)]
-    shape = counts.shape[:-1] + (len(tb),)
-    above = xp.stack([counts[..., b:].sum(-1) for b in tb], -1) if tb else xp.zeros(shape)
-    return _div(above, counts.sum(-1)[..., None])
+    return _div(_at_or_above(counts, threshold_bins), counts.sum(-1)[..., None])
 
 
 def positive_rate(neg_total, pos_total):
@@ -339,15 +345,22 @@ def performance_metrics(score, threshold_bins, calib_count, calib_p, calib_ll, c
     -------
     dict of metric name -> (..., S) or (..., S, T) arrays.
     """
-    neg, pos = score[..., 0, :], score[..., 1, :]
+    score = _summable(score)
+    neg, pos, missing = score[..., 0, :], score[..., 1, :], score[..., 2, :]
+    # each sum over the bins once (integer counts: exact, so in any grouping the same)
     n_neg, n_pos = neg.sum(-1), pos.sum(-1)
-    tp, fp, fn, tn = confusion_at(neg, pos, threshold_bins)
+    tp_n, fp_n = _at_or_above(pos, threshold_bins), _at_or_above(neg, threshold_bins)
+    tp, fp = tp_n.astype(np.float64), fp_n.astype(np.float64)
+    fn = (n_pos[..., None] - tp_n).astype(np.float64)
+    tn = (n_neg[..., None] - fp_n).astype(np.float64)
+    # rows of every label state at or above each threshold, over all rows
+    above = tp_n + fp_n + _at_or_above(missing, threshold_bins)
     out = {
-        "auc": auc_score(neg, pos),
+        "auc": auc_score(neg, pos, totals=(n_neg, n_pos)),
         "precision": _div(tp, tp + fp),
         "recall": _div(tp, tp + fn),
         "fpr": _div(fp, fp + tn),
-        "predicted_positive_rate": predicted_positive_rate(score.sum(-2), threshold_bins),
+        "predicted_positive_rate": _div(above, (n_neg + n_pos + missing.sum(-1))[..., None]),
         "positive_rate": positive_rate(n_neg, n_pos),
     }
     labelled_count = calib_count[..., 0, :] + calib_count[..., 1, :]
