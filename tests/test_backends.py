@@ -141,3 +141,24 @@ def test_auto_falls_back_to_the_cpu_silently_and_the_run_record_says_why():
     assert len(auto.run["backend_reason"]) > len("auto took the CPU: ")
     assert cpu.run["backend_requested"] == "cpu" and cpu.run["backend_reason"] is None
     assert [f.to_dict() for f in auto.findings] == [f.to_dict() for f in cpu.findings]
+
+
+def test_a_check_leaves_the_garbage_collector_as_it_found_it():
+    """run_check collects less often while it runs (engine.pipeline._fewer_collections) and
+    restores the thresholds after; objects a caller froze stay frozen."""
+    import gc
+
+    evaluation, online, offline, outcomes = _tables()
+    config = Config(slices=["country"], features={"f1": "numeric"}, thresholds=[0.5])
+    bl = build_baseline(evaluation, config, backend="cpu")
+    threshold = gc.get_threshold()
+    run_check(bl, online, offline=offline, outcomes=outcomes, bootstrap=20, backend="cpu")
+    assert gc.get_threshold() == threshold and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run_check(bl, online, offline=offline, outcomes=outcomes, bootstrap=20, backend="cpu")
+        # still frozen (a few of the caller's frozen objects may have died meanwhile)
+        assert gc.get_freeze_count() > frozen // 2 and gc.get_threshold() == threshold
+    finally:
+        gc.unfreeze()
