@@ -118,14 +118,18 @@ def finding_id(
     feature, threshold]``; a JSON array is its items' JSON joined by commas, so the parts
     that repeat across slices and windows are encoded once (the same bytes)."""
     head = _id_head(metric, scores, tuple(sorted(slice_.items())))
-    start = _ID_ENCODER.encode(None if window is None else window.get("start"))
-    key = f"{head},{start},{_id_tail(feature, threshold)}]"
+    key = f"{head},{_id_part(None if window is None else window.get('start'))},{_id_tail(feature, threshold)}]"
     return "f-" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 @functools.lru_cache(maxsize=65536)
 def _id_head(metric: str, scores: str | None, items: tuple) -> str:
     return _ID_ENCODER.encode([metric, scores, [list(kv) for kv in items]])[:-1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _id_part(value: str | None) -> str:
+    return _ID_ENCODER.encode(value)
 
 
 @functools.lru_cache(maxsize=4096)
