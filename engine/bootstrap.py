@@ -395,14 +395,16 @@ class BaselineDraws:
 
     def repeated(self, times: int) -> "BaselineDraws":
         """The same draws for ``times`` copies of the slices laid one after the other (the
-        windows judged at once all compare with one baseline sample)."""
+        windows judged at once all compare with one baseline sample): the metric values
+        repeated, the grids as they are (``measure`` compares blocks of online slices with
+        them, computing the baseline's side once)."""
         stack = ME.stack_slices
         return BaselineDraws(
-            stack([self.coarse] * times),
+            self.coarse,
             stack([self.fine] * times),
             stack([self.coarse_values] * times),
             self.chunk,
-            [(stack([g] * times, axis=1), stack([m] * times, axis=1)) for g, m in self.stars],
+            [(g, stack([m] * times, axis=1)) for g, m in self.stars],
         )
 
 

@@ -199,28 +199,51 @@ def measure(
         for name, arr in skew.items():
             out[(name, None, None)] = arr
     if baseline is not None and need.drift("score"):
-        on_score, base_score = online.score.sum(-2), baseline.score.sum(-2)
+        on_score, base_score, flat = _aligned(online.score.sum(-2), baseline.score.sum(-2))
         drift = M.score_drift(on_score, base_score, res.score_edges, res.decile_map, js_map=res.js_map)
         for name, arr in drift.items():
-            out[(name, None, "score")] = arr
+            out[(name, None, "score")] = flat(arr)
     if baseline is not None:
         for j, f in enumerate(layout.features):
             if not need.drift(f.name):
                 continue
-            on, base = online.features[j], baseline.features[j]
+            on, base, flat = _aligned(online.features[j], baseline.features[j])
             n_psi = int(res.feature_psi_maps[j].max()) + 1
             on_psi = M.aggregate_bins(on, res.feature_psi_maps[j], n_psi)
             base_psi = M.aggregate_bins(base, res.feature_psi_maps[j], n_psi)
-            out[("psi", None, f.name)] = M.population_stability_index(on_psi, base_psi)
-            out[("js_divergence", None, f.name)] = M.js_divergence(on_psi, base_psi)
+            out[("psi", None, f.name)] = flat(M.population_stability_index(on_psi, base_psi))
+            out[("js_divergence", None, f.name)] = flat(M.js_divergence(on_psi, base_psi))
             if f.kind == "numeric":
                 on_v, base_v = _feature_values_only(on, f), _feature_values_only(base, f)
                 d = M.cdf_difference(on_v, base_v)  # one for KS and Wasserstein
-                out[("ks", None, f.name)] = M.ks_statistic(on_v, base_v, cdf_diff=d)
-                out[("wasserstein", None, f.name)] = M.wasserstein_distance(
-                    on_v, base_v, _baseline_quantile_edges(base_v), cdf_diff=d
+                out[("ks", None, f.name)] = flat(M.ks_statistic(on_v, base_v, cdf_diff=d))
+                out[("wasserstein", None, f.name)] = flat(
+                    M.wasserstein_distance(on_v, base_v, _baseline_quantile_edges(base_v), cdf_diff=d)
                 )
     return out
+
+
+def _aligned(on, base):
+    """Online counts ``(..., W * S, B)`` against the baseline's ``(..., S, B)``: ``W`` blocks
+    of the same ``S`` slices (the time windows) compared with one baseline.
+
+    Returns them as ``(..., W, S, B)`` and ``(..., 1, S, B)``, so the baseline's side of a
+    drift metric is computed once and broadcast, not once per block (the same numbers), and
+    a function laying a result ``(..., W, S)`` back out as ``(..., W * S)``. With as many
+    slices on both sides, all three are as they were.
+    """
+    slices, total = base.shape[-2], on.shape[-2]
+    if total == slices:
+        return on, base, lambda x: x
+    if total % slices:
+        raise ValueError(f"{total} online slices are not blocks of the baseline's {slices}.")
+    blocks = total // slices
+    lead = on.shape[:-2]
+    return (
+        on.reshape(lead + (blocks, slices, on.shape[-1])),
+        base.reshape(base.shape[:-2] + (1, slices, base.shape[-1])),
+        lambda x: x.reshape(lead + (total,)),
+    )
 
 
 def _baseline_quantile_edges(base_counts) -> np.ndarray:
