@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pyarrow.fs as pafs
 
 from engine.errors import SchemaError
@@ -407,6 +408,44 @@ class TableSource:
         table = self._table if columns is None else self._table.select(list(columns))
         return table.slice(start, stop - start)
 
+    def min_max(self, column: str) -> pa.Array | None:
+        """The column's smallest and largest non-null values, from the Parquet files' row
+        group statistics (no scan), as a length-2 array of its type; ``[null, null]`` when
+        every value is null. ``None`` when the footers cannot answer exactly: another format,
+        a file or row group without statistics for it, a type whose statistics are not its
+        values as stored (floats: NaN; INT96 timestamps), or a unit other than the schema's.
+        """
+        field = self.schema.field(column) if self.has(column) else None
+        if self.format != "parquet" or not self.files or field is None:
+            return None
+        storage = _PARQUET_STORAGE.get(_type_key(field.type))
+        if storage is None:
+            return None
+        lo = hi = None
+        try:
+            for f in self.files:
+                meta = pq.read_metadata(f, filesystem=self._fs)
+                names = meta.schema.names
+                if column not in names:
+                    return None  # e.g. a hive partition column
+                index = names.index(column)
+                for g in range(meta.num_row_groups):
+                    chunk = meta.row_group(g).column(index)
+                    if chunk.physical_type != storage[0] or not chunk.is_stats_set:
+                        return None
+                    stats = chunk.statistics
+                    if storage[1] is not None and storage[1] not in stats.logical_type.to_json():
+                        return None
+                    if not stats.has_min_max:
+                        if stats.null_count != meta.row_group(g).num_rows:
+                            return None
+                        continue  # all null
+                    lo = stats.min_raw if lo is None else min(lo, stats.min_raw)
+                    hi = stats.max_raw if hi is None else max(hi, stats.max_raw)
+        except (pa.ArrowException, OSError):
+            return None
+        return pa.array([lo, hi], type=pa.int32() if storage[0] == "INT32" else pa.int64()).cast(field.type)
+
     def count_rows(self) -> int:
         """The number of rows (from Parquet metadata where possible; CSV files are parsed).
 
@@ -495,6 +534,27 @@ class TableSource:
 
 # --------------------------------------------------------------------------------------------
 # Opening
+
+
+#: Arrow types whose Parquet statistics are their values as stored (an int64/int32 count of
+#: the type's unit): the physical type and a word the logical type must hold. Seconds are
+#: stored as milliseconds (and nanoseconds as microseconds by older writers): the unit in
+#: the logical type must be the schema's, or the footers are not used.
+_PARQUET_STORAGE = {
+    "timestamp[ms]": ("INT64", '"milliseconds"'),
+    "timestamp[us]": ("INT64", '"microseconds"'),
+    "timestamp[ns]": ("INT64", '"nanoseconds"'),
+    "date32[day]": ("INT32", '"Date"'),
+    "int64": ("INT64", None),
+    "int32": ("INT32", None),
+}
+
+
+def _type_key(t: pa.DataType) -> str:
+    """A type's name without its time zone (``timestamp[us, tz=UTC]`` -> ``timestamp[us]``)."""
+    if pa.types.is_timestamp(t):
+        return f"timestamp[{t.unit}]"
+    return str(t)
 
 
 def open_table(

@@ -488,8 +488,9 @@ MAX_WINDOWS = 1000
 
 
 def _window_spec(cfg: Config, src_on: TableSource, online: Any) -> WindowSpec:
-    """The windows of ``cfg.window`` over the online table's time range (one scan of the
-    time column; windows are aligned to the Unix epoch, in UTC)."""
+    """The windows of ``cfg.window`` over the online table's time range (from the Parquet
+    files' statistics, else one scan of the time column; windows are aligned to the Unix
+    epoch, in UTC)."""
     column = cfg.columns.online.ts
     if column is None or not src_on.has(column):
         raise SchemaError(
@@ -502,6 +503,8 @@ def _window_spec(cfg: Config, src_on: TableSource, online: Any) -> WindowSpec:
         col = online[column]
         lo, hi = (pa.array([x]) for x in (col.min().compute(), col.max().compute()))
         lo_s, hi_s = float(epoch_seconds(lo)[0]), float(epoch_seconds(hi)[0])
+    elif (stored := src_on.min_max(column)) is not None:  # Parquet statistics: no scan
+        lo_s, hi_s = (float(x) for x in epoch_seconds(stored)) if stored.null_count == 0 else (math.inf, -math.inf)
     else:
         lo_s, hi_s = math.inf, -math.inf
         for batch in src_on.batches([column], batch_size=cfg.batch_size):

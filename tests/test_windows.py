@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 import gate_world as gw
+from engine.config import Config
 from engine.errors import ConfigError, SchemaError
 from engine.expectation import build_baseline
 from engine.pipeline import run_check
@@ -129,3 +130,46 @@ def test_bad_time_input_is_an_error_naming_it(case, error, pattern):
         window = "1m"
     with pytest.raises(error, match=pattern):
         run_check(bl, online, time_column=column, window=window, bootstrap=0)
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.array([1_700_000_000_000, None, 1_700_086_399_999, 1_699_999_999_001], pa.int64()).cast(pa.timestamp("ms")),
+        pa.array([1_700_000_000_000_000, None, 1_700_086_399_999_999], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        pa.array([1_700_000_000_000_000_000, 1_700_086_399_999_999_999], pa.int64()).cast(pa.timestamp("ns")),
+        pa.array([19_000, None, 19_010], pa.int32()).cast(pa.date32()),
+        pa.array([1_700_000_000, None, 1_700_086_399], pa.int64()),
+        pa.array([1.7e9, float("nan"), 1.7000863e9]),
+    ],
+    ids=["ms", "us-utc", "ns", "date", "int-seconds", "float-seconds"],
+)
+def test_the_time_range_from_parquet_statistics_equals_a_scan(tmp_path, column):
+    """The windows' range is read from the Parquet footers where they hold it exactly (no
+    scan of the time column), else scanned: the same windows either way."""
+    import pyarrow.parquet as pq
+
+    from engine.io import open_table
+    from engine.pipeline import _window_spec
+
+    table = pa.table({"ts": column})
+    path = tmp_path / "online.parquet"
+    pq.write_table(table, path, row_group_size=2)
+    cfg = Config(slices=["country"], window="6h", columns={"online": {"ts": "ts"}})
+    from_file = _window_spec(cfg, open_table(str(path), "online"), str(path))
+    scanned = _window_spec(cfg, open_table(table, "online"), table)
+    assert from_file == scanned
+
+
+def test_an_all_null_time_column_in_parquet_is_still_refused(tmp_path):
+    import pyarrow.parquet as pq
+
+    from engine.errors import SchemaError
+    from engine.io import open_table
+    from engine.pipeline import _window_spec
+
+    path = tmp_path / "online.parquet"
+    pq.write_table(pa.table({"ts": pa.array([None, None], pa.timestamp("us"))}), path)
+    cfg = Config(slices=["country"], window="6h", columns={"online": {"ts": "ts"}})
+    with pytest.raises(SchemaError, match="all null"):
+        _window_spec(cfg, open_table(str(path), "online"), str(path))
