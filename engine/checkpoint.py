@@ -70,8 +70,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _plan_identity(job: BucketJob, baseline_id: str) -> dict[str, Any]:
-    """What a checkpoint's partial results depend on, besides the data and the bucket count."""
-    spec = asdict(job.spec)
+    """What a checkpoint's partial results depend on, besides the data and the bucket count
+    (as it reads back from JSON: tuples as lists, so that it compares equal with a stored one)."""
+    spec = json.loads(json.dumps(asdict(job.spec)))
     return {
         "engine_version": __version__,
         "baseline_id": baseline_id,

@@ -141,6 +141,56 @@ class JoinSpec:
     online_offline_score: str | None = None
     outcome_ts: str | None = None
     online_ts: str | None = "ts"
+    #: Carried string columns the SQL join hands over as dictionary codes, computed in the
+    #: query (in DuckDB's parallel pipeline, not by Arrow's dictionary encoding of every
+    #: batch): ``(column, values, other seen values or None)``, see :func:`code_sql`.
+    encoded: tuple[tuple[str, tuple[str, ...], tuple[str, ...] | None], ...] = ()
+
+
+#: Most baseline values outside the top ones that a column may have to be coded in SQL (each
+#: row not among the top values is looked up in that list).
+MAX_SQL_OTHER_VALUES = 256
+
+
+def encoding(column: str, values: tuple[str, ...], seen: frozenset[str] | None) -> tuple | None:
+    """The :attr:`JoinSpec.encoded` entry of a categorical column (its top ``values`` and the
+    baseline's ``seen`` values), or None when the baseline saw too many other values."""
+    if seen is None:
+        return (column, tuple(values), None)
+    others = tuple(sorted(seen - set(values)))
+    return (column, tuple(values), others) if len(others) <= MAX_SQL_OTHER_VALUES else None
+
+
+def _sql_str(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+def code_sql(expr: str, values: tuple[str, ...], others: tuple[str, ...] | None) -> str:
+    """SQL for a string column's code: ``i`` for ``values[i]``, ``K`` for any other value the
+    baseline saw (or any other value at all when ``others`` is None: unseen values are not
+    tracked), ``K + 1`` for a value it never saw, NULL for null. :func:`code_dictionary`
+    turns the codes into a dictionary array that encodes to the same codes and unseen flags
+    as the strings would."""
+    k = len(values)
+    if others is None:
+        rest = str(k)
+    elif others:
+        rest = f"CASE WHEN list_contains([{', '.join(map(_sql_str, others))}], {expr}) THEN {k} ELSE {k + 1} END"
+    else:
+        rest = str(k + 1)
+    found = f"list_position([{', '.join(map(_sql_str, values))}], {expr})" if values else "0"
+    return f"CAST(CASE WHEN {expr} IS NULL THEN NULL ELSE coalesce(nullif({found}, 0) - 1, {rest}) END AS INTEGER)"
+
+
+def code_dictionary(values: tuple[str, ...], others: tuple[str, ...] | None) -> pa.Array:
+    """The dictionary of :func:`code_sql`'s codes: the values, then a value the baseline saw
+    among the others (an ``__other__`` that is not unseen), then one it never saw."""
+    taken = set(values) | set(others or ())
+    other = others[0] if others else "\x00other"
+    unseen = "\x00unseen"
+    while unseen in taken:
+        unseen += "\x00"
+    return pa.array([*values, other, unseen], type=pa.string())
 
 
 @dataclass
@@ -516,6 +566,8 @@ class JoinedStream:
         fields += [pa.field("__has_offline", pa.bool_()), pa.field("__has_outcome", pa.bool_())]
         #: The schema of every yielded batch.
         self.schema = pa.schema(fields)
+        #: Carried columns the SQL join codes (``JoinSpec.encoded``): column -> (values, others).
+        self.encoded = {c: (v, o) for c, v, o in spec.encoded if c in self.carried}
         self.report = JoinReport()
         self._stream_error: ParityError | None = None
 
@@ -548,7 +600,8 @@ class JoinedStream:
         -------
         pyarrow.Table
         """
-        return pa.Table.from_batches(list(self), schema=self.schema)
+        # coded columns back to strings (values outside the top ones read as placeholders)
+        return pa.Table.from_batches([b.cast(self.schema) for b in self], schema=self.schema)
 
     def _run(self) -> Iterator[pa.RecordBatch]:
         report = self.report = JoinReport()
@@ -603,10 +656,16 @@ class JoinedStream:
         report.complete = True
 
     def _split(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
-        """Conform to :attr:`schema` and cut to ``batch_size`` rows."""
-        if batch.schema != self.schema:
+        """Conform to :attr:`schema` (columns coded by the SQL join stay dictionaries) and cut
+        to ``batch_size`` rows."""
+        schema = self.schema
+        if self.encoded:
+            schema = pa.schema(
+                [batch.schema.field(f.name) if f.name in self.encoded and pa.types.is_dictionary(batch.schema.field(f.name).type) else f for f in schema]
+            )
+        if batch.schema != schema:
             try:
-                batch = batch.cast(self.schema)
+                batch = batch.cast(schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 # DuckDB maps a few Arrow types to types with no way back (durations become
                 # intervals, ...): say which carried column cannot travel through the join.
@@ -794,7 +853,10 @@ class JoinedStream:
                 ctes.append(f"f AS ({self._offline_sql(report.duplicate_keys['offline'] > 0)})")
             ctes.append(f"o AS ({self._dedup_online_sql(report.duplicate_keys['online'] > 0, report.offline_join)})")
 
-        sel = [f"o.{_q(c)} AS {_q(c)}" for c in self.carried]
+        sel = [
+            f"{code_sql('o.' + _q(c), *self.encoded[c])} AS {_q(c)}" if c in self.encoded else f"o.{_q(c)} AS {_q(c)}"
+            for c in self.carried
+        ]
         joins = []
         if report.offline_join == "aligned":
             sel += ["o.score AS score", "o.offline_score AS offline_score"]
@@ -832,7 +894,21 @@ class JoinedStream:
                 sel.append(f"CAST(o.{_q(spec.value)} AS DOUBLE) AS value")
         sel += [f"{has_off} AS __has_offline", f"{has_oc} AS __has_outcome"]
         sql = f"WITH {', '.join(ctes)} SELECT {', '.join(sel)} FROM o {' '.join(joins)}"
-        return self._fetch(con, sql)
+        return self._decoded(self._fetch(con, sql))
+
+    def _decoded(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """The SQL join's coded columns as dictionary arrays (:func:`code_dictionary`)."""
+        if not self.encoded:
+            yield from batches
+            return
+        dictionaries = {c: code_dictionary(*vo) for c, vo in self.encoded.items()}
+        for batch in batches:
+            arrays, fields = list(batch.columns), list(batch.schema)
+            for c, dictionary in dictionaries.items():
+                i = batch.schema.get_field_index(c)
+                arrays[i] = pa.DictionaryArray.from_arrays(batch.column(i), dictionary)
+                fields[i] = pa.field(c, arrays[i].type)
+            yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
     def _dedup_online_sql(self, has_dups: bool, offline_join: str = "none") -> str:
         cols = ", ".join(_q(c) for c in self.online_read)

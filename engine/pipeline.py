@@ -31,7 +31,7 @@ from engine.encode import Layout, count_values, top_k_codes
 from engine.errors import ConfigError, SchemaError
 from engine.expectation import Baseline
 from engine.io import TableSource, open_table
-from engine.join import JoinSpec, join
+from engine.join import JoinSpec, encoding, join
 from engine.owners import assign_owners, check_owners
 from engine.result import CheckResult
 from engine.partition import BucketJob, Partial, accumulate_joined, frame_to_arrow, n_buckets_for
@@ -575,6 +575,10 @@ def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out, windo
     # the time column orders duplicated keys inside the join; nothing downstream reads it yet
     ts = cols.online.ts if cols.online.ts is not None and src_on.has(cols.online.ts) else None
     carried = [c for c in dict.fromkeys(carried) if c not in keys]
+    encoded = tuple(
+        e for c in carried
+        if c != (windows.column if windows is not None else None) and (e := _sql_encoding(layout, src_on, c)) is not None
+    )
     return JoinSpec(
         keys=keys if (src_off is not None or src_out is not None) else [k for k in keys if src_on.has(k)],
         online_score=cols.online.score,
@@ -586,7 +590,20 @@ def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out, windo
         online_offline_score=online_off,
         outcome_ts=outcome_ts,
         online_ts=ts,
+        encoded=encoded,
     )
+
+
+def _sql_encoding(layout: Layout, src_on: TableSource, column: str) -> tuple | None:
+    """How the SQL join codes a carried string column (``JoinSpec.encoded``): a slice column
+    or a categorical feature, with one set of codes; None for anything else."""
+    if not pa.types.is_string(src_on.schema.field(column).type) and not pa.types.is_large_string(src_on.schema.field(column).type):
+        return None
+    codes = [layout.slice_codes[column]] if column in layout.slice_codes else []
+    codes += [f.categories for f in layout.features if f.name == column and f.kind == "categorical"]
+    if not codes or any(c != codes[0] for c in codes):
+        return None
+    return encoding(column, codes[0].values, codes[0].seen)
 
 
 def _unit_spec(cfg: Config, src_on: TableSource, spec: JoinSpec) -> UnitSpec | None:
@@ -604,6 +621,8 @@ def _unit_spec(cfg: Config, src_on: TableSource, spec: JoinSpec) -> UnitSpec | N
         ) from None
     if column not in spec.online_columns and column not in spec.keys:
         spec.online_columns.append(column)
+    # the unit ids travel as they are, not coded
+    spec.encoded = tuple(e for e in spec.encoded if e[0] != column)
     return UnitSpec(column=column, replicates=cfg.bootstrap, seed=cfg.seed)
 
 

@@ -687,3 +687,78 @@ def test_conflicting_duplicate_labels_are_counted_and_missing() -> None:
     # no duplicates: nothing to resolve, nothing counted
     labels, rep = run(JoinSpec(), oc.drop(columns="ts").drop_duplicates("request_id"))
     assert rep.conflicting_labels == 0 and labels[1] == 0.0
+
+
+@pytest.mark.parametrize("offline_join", ["hash", "aligned"])
+def test_slice_codes_computed_in_the_join_give_the_same_check(monkeypatch, offline_join):
+    """The SQL join hands string slice columns and categorical features over as codes
+    (``JoinSpec.encoded``): top values, other values the baseline saw, values it never saw,
+    nulls, quotes and non-ASCII text give the same findings and data-quality counts as
+    Arrow's encoding of the strings."""
+    import engine.pipeline as P
+    from engine.config import Config
+    from engine.expectation import build_baseline
+
+    rng = np.random.default_rng(5)
+    n = 6000
+
+    def table(seed: int, places: list) -> pa.Table:
+        r = np.random.default_rng(seed)
+        p = r.beta(2, 5, n)
+        return pa.table(
+            {
+                "request_id": np.arange(n),
+                "score": p,
+                "label": (r.random(n) < p).astype(np.int8),
+                "place": pa.array(list(r.choice(np.array(places, dtype=object), n)), pa.string()),
+                "channel": pa.array([None if x == "" else x for x in r.choice(["web", "app", "", "O'Hare"], n)], pa.string()),
+            }
+        )
+
+    seen = ["BR", "US", "São Paulo", "O'Hare", "rare-1", "rare-2"]
+    evaluation = table(1, seen + ["BR"] * 20 + ["US"] * 10)
+    online = table(2, seen + ["never-seen", "日本", ""])
+    online = online.set_column(3, "place", pa.array([None if v == "" else v for v in online["place"].to_pylist()], pa.string()))
+    offline = pa.table({"request_id": np.arange(n), "score": np.where(rng.random(n) < 0.1, rng.random(n), online["score"].to_numpy())})
+    if offline_join == "hash":
+        offline = offline.take(rng.permutation(n))
+    outcomes = online.select(["request_id", "label"])
+    online = online.drop_columns(["label"])
+    config = Config(slices=["place"], features={"channel": "categorical"}, thresholds=[0.3], top_k=2)
+    bl = build_baseline(evaluation, config)
+    real, used = P._sql_encoding, []
+    monkeypatch.setattr(P, "_sql_encoding", lambda *a: used.append(real(*a)) or used[-1])
+    coded = P.run_check(bl, online, offline=offline, outcomes=outcomes, bootstrap=50)
+    assert {e[0] for e in used if e is not None} == {"place", "channel"}  # both coded in SQL
+    monkeypatch.setattr(P, "_sql_encoding", lambda *a: None)
+    plain = P.run_check(bl, online, offline=offline, outcomes=outcomes, bootstrap=50)
+    assert coded.run["joins"]["offline"] == offline_join
+    assert [f.to_dict() for f in coded.findings] == [f.to_dict() for f in plain.findings]
+    assert coded.data_quality == plain.data_quality
+    assert any(f.metric == "unseen_value_rate" and (f.value or 0) > 0 for f in coded.findings)
+
+
+def test_code_sql_matches_the_codes_of_the_strings():
+    """``code_sql`` + ``code_dictionary`` encode as ``categorical_codes`` does the strings."""
+    import duckdb
+
+    from engine.encode import CategoricalCodes, categorical_codes
+    from engine.join import code_dictionary, code_sql, encoding
+
+    values = ["a", "O'Hare", None, "é", "b", "zz", "a", "x'", None, "c"]
+    col = pa.array(values, pa.string())
+    for codes in (
+        CategoricalCodes(("a", "O'Hare"), frozenset({"a", "O'Hare", "b", "x'"})),
+        CategoricalCodes(("a",), None),
+        CategoricalCodes(("a", "b", "c"), frozenset({"a", "b", "c"})),
+        CategoricalCodes((), frozenset({"a"})),
+    ):
+        _, vals, others = encoding("c", codes.values, codes.seen)
+        con = duckdb.connect()
+        con.register("t", pa.table({"c": col}))
+        got = con.sql(f"SELECT {code_sql('c', vals, others)} AS k FROM t").to_arrow_table().column("k").combine_chunks()
+        dictionary = pa.DictionaryArray.from_arrays(got, code_dictionary(vals, others))
+        want_codes, want_unseen = categorical_codes(col, codes)
+        got_codes, got_unseen = categorical_codes(dictionary, codes)
+        assert got_codes.tolist() == want_codes.tolist(), codes
+        assert got_unseen.tolist() == want_unseen.tolist(), codes
