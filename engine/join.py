@@ -154,7 +154,10 @@ MAX_SQL_OTHER_VALUES = 256
 
 def encoding(column: str, values: tuple[str, ...], seen: frozenset[str] | None) -> tuple | None:
     """The :attr:`JoinSpec.encoded` entry of a categorical column (its top ``values`` and the
-    baseline's ``seen`` values), or None when the baseline saw too many other values."""
+    baseline's ``seen`` values), or None when the baseline saw too many other values (or a
+    value no SQL string literal holds)."""
+    if any("\x00" in v for v in (*values, *(seen or ()))):
+        return None
     if seen is None:
         return (column, tuple(values), None)
     others = tuple(sorted(seen - set(values)))
