@@ -572,7 +572,8 @@ class JoinedStream:
         if spec.value is not None:
             fields.append(pa.field("value", pa.float64()))
         fields += [pa.field("__has_offline", pa.bool_()), pa.field("__has_outcome", pa.bool_())]
-        #: The schema of every yielded batch.
+        #: The schema of every yielded batch (the SQL join hands the columns it codes,
+        #: :attr:`encoded`, over as dictionary arrays instead).
         self.schema = pa.schema(fields)
         #: Carried columns the SQL join codes (``JoinSpec.encoded``): column -> (values, others).
         self.encoded = {c: (v, o) for c, v, o in spec.encoded if c in self.carried}
