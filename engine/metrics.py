@@ -349,12 +349,10 @@ def performance_metrics(score, threshold_bins, calib_count, calib_p, calib_ll, c
     neg, pos, missing = score[..., 0, :], score[..., 1, :], score[..., 2, :]
     # each sum over the bins once (integer counts: exact, so in any grouping the same)
     n_neg, n_pos = neg.sum(-1), pos.sum(-1)
-    tp_n, fp_n = _at_or_above(pos, threshold_bins), _at_or_above(neg, threshold_bins)
-    tp, fp = tp_n.astype(np.float64), fp_n.astype(np.float64)
-    fn = (n_pos[..., None] - tp_n).astype(np.float64)
-    tn = (n_neg[..., None] - fp_n).astype(np.float64)
-    # rows of every label state at or above each threshold, over all rows
-    above = tp_n + fp_n + _at_or_above(missing, threshold_bins)
+    tp, fp, fn, tn = confusion_at(neg, pos, threshold_bins, totals=(n_neg, n_pos))
+    # rows of every label state at or above each threshold, over all rows (whole numbers
+    # below 2**53: the float sum is the integer one)
+    above = tp + fp + _at_or_above(missing, threshold_bins)
     out = {
         "auc": auc_score(neg, pos, totals=(n_neg, n_pos)),
         "precision": _div(tp, tp + fp),

@@ -575,10 +575,7 @@ def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out, windo
     # the time column orders duplicated keys inside the join; nothing downstream reads it yet
     ts = cols.online.ts if cols.online.ts is not None and src_on.has(cols.online.ts) else None
     carried = [c for c in dict.fromkeys(carried) if c not in keys]
-    encoded = tuple(
-        e for c in carried
-        if c != (windows.column if windows is not None else None) and (e := _sql_encoding(layout, src_on, c)) is not None
-    )
+    encoded = tuple(e for c in carried if (e := _sql_encoding(layout, src_on, c)) is not None)
     return JoinSpec(
         keys=keys if (src_off is not None or src_out is not None) else [k for k in keys if src_on.has(k)],
         online_score=cols.online.score,
@@ -597,7 +594,8 @@ def _join_spec(cfg: Config, layout, src_on: TableSource, src_off, src_out, windo
 def _sql_encoding(layout: Layout, src_on: TableSource, column: str) -> tuple | None:
     """How the SQL join codes a carried string column (``JoinSpec.encoded``): a slice column
     or a categorical feature, with one set of codes; None for anything else."""
-    if not pa.types.is_string(src_on.schema.field(column).type) and not pa.types.is_large_string(src_on.schema.field(column).type):
+    kind = src_on.schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         return None
     codes = [layout.slice_codes[column]] if column in layout.slice_codes else []
     codes += [f.categories for f in layout.features if f.name == column and f.kind == "categorical"]
