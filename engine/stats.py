@@ -54,7 +54,7 @@ from engine.encode import (
 )
 from engine.errors import ConfigError, StatisticsError
 from engine.metrics import aggregate_bins
-from kernels.cpu_fused import fused_accumulate, log_loss_terms, stack_columns, uniform_lut
+from kernels.cpu_fused import fused_accumulate, log_loss_terms, stack_columns, uniform_lut, virtual_codes, window_index
 
 #: Fixed-point resolutions (bits after the binary point) of each summed quantity.
 #: Bounded in [0, 1]: 2**-32. Log-loss terms are at most -log(1e-15) = 34.5: 2**-32 keeps
@@ -115,11 +115,23 @@ class WindowSpec:
 
     def index(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Each row's window (``count`` for a missing or out-of-range time)."""
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if pa.types.is_timestamp(column.type):  # the common case, in one pass over the ticks
+            ticks = np.asarray(column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), np.int64)
+            null = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else np.zeros(0, bool)
+            out = np.empty(ticks.shape[0], np.int64)
+            window_index(ticks, null, _TICK[column.type.unit], float(self.origin), float(self.width), self.count, out)
+            return out
         seconds = epoch_seconds(column)
         with np.errstate(invalid="ignore"):
             k = np.floor((seconds - self.origin) / self.width)
         ok = np.isfinite(k) & (k >= 0) & (k < self.count)
         return np.where(ok, k, self.count).astype(np.int64)
+
+
+#: Seconds per tick of each timestamp unit.
+_TICK = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
 def epoch_seconds(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -128,7 +140,7 @@ def epoch_seconds(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if pa.types.is_timestamp(column.type):
-        unit = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[column.type.unit]
+        unit = _TICK[column.type.unit]
         raw = column.cast(pa.int64()).to_numpy(zero_copy_only=False)
         values = np.asarray(raw, dtype=np.float64) * unit
         if column.null_count:
@@ -213,8 +225,9 @@ _SYNC = threading.RLock()
 
 
 class DeviceSums:
-    """Statistics of batches added on the device and not yet brought back: what a
-    :class:`Statistics` object still owes its ``raw`` arrays (see :meth:`Accumulator.update`).
+    """Statistics of batches added where the backend keeps them (the GPU's memory, or host
+    arrays on the CPU) in the fused kernel's layout: what a :class:`Statistics` object still
+    owes its ``raw`` arrays (see :meth:`Accumulator.update`).
 
     Parameters
     ----------
@@ -224,13 +237,15 @@ class DeviceSums:
 
     def __init__(self, acc: "Accumulator") -> None:
         self.acc = acc
-        #: ``kernels.cuda._staging.DeviceStatistics``: the fused kernel's flat statistics.
+        #: The fused kernel's sums: ``kernels.cuda._staging.DeviceStatistics`` on the GPU,
+        #: ``kernels.cpu_fused.HostStatistics`` on the CPU.
         self.fused = acc.kernels.fused_statistics()
         #: Further device arrays of the accumulator's own (the unit-level replicate counts).
         self.extra: dict[str, Any] = {}
 
     def drain(self) -> dict[str, np.ndarray]:
-        """The statistics as ``raw`` arrays on the host (one copy back of each buffer)."""
+        """The statistics as ``raw`` arrays on the host (on the GPU, one copy back of each
+        buffer)."""
         return self.acc._drain(self)
 
 
@@ -366,10 +381,13 @@ class Statistics:
 class Accumulator:
     """zero / update(batch) / merge for one layout, one role, one backend.
 
-    On a backend that keeps statistics on the device (``kernels.fused_add``: the GPU),
-    :meth:`update` adds each batch there and the sums come back once, when the statistics
-    are read (:meth:`Statistics.sync`); elsewhere each batch's statistics are added on the
-    host. The integers are the same either way.
+    With the fused kernel (``kernels.fused_add``), :meth:`update` adds each batch into sums
+    kept in the kernel's layout (device memory on the GPU, host arrays on the CPU) and turns
+    them into ``raw`` arrays once, when the statistics are read (:meth:`Statistics.sync`):
+    on the GPU one copy back, on the CPU one reshaping instead of one per batch (with time
+    windows, gathering the windows' cells and summing the whole period). Elsewhere (the
+    primitive kernels) each batch's statistics are added on the host. The integers are the
+    same either way.
 
     Parameters
     ----------
@@ -452,8 +470,9 @@ class Accumulator:
                 )
                 self._window_src, self._window_dq = self._window_pass._window_order(inner)
                 self._pass_dq = [self._window_pass._dq_flags.index(f) for f in self._dq_flags]
-        # statistics stay on the device where the backend can keep them there, except with
-        # windows accumulated window by window (rows regrouped on the host per batch)
+        # the fused kernel's sums are kept in its layout across batches (on the device on
+        # the GPU), except with windows accumulated window by window (rows regrouped on the
+        # host per batch)
         self._resident = (
             bool(getattr(kernels, "fused", False))
             and hasattr(kernels, "fused_add")
@@ -761,17 +780,12 @@ class Accumulator:
         layout, n = self.layout, batch.num_rows
         cols = layout.slice_columns
         parts = [dictionary_parts(batch.column(c), layout.slice_codes[c]) for c in cols]
+        virtual_index = self._virtual_index(parts, window, n)
         for i, dim in enumerate(self._virtual):
-            code = np.zeros(n, dtype=np.int64)
-            for c in dim:
-                idx, lut, _ = parts[cols.index(c)]
-                null = layout.slice_codes[c].size - 1
-                per_row = np.where(idx >= 0, lut[np.maximum(idx, 0)] if lut.size else null, null)
-                code = code * layout.slice_codes[c].size + per_row
             size = layout.dim_size(dim)
             if window is not None and i < self._n_crossed:  # the window pass: _virtual is _dims
-                code, size = window * size + code, size * self._window_blocks
-            parts.append((code.astype(np.int32), np.arange(size, dtype=np.int32), np.zeros(size, bool)))
+                size *= self._window_blocks
+            parts.append((virtual_index[i], np.arange(size, dtype=np.int32), np.zeros(size, bool)))
         cols = tuple(cols) + tuple(_virtual_name(d) for d in self._virtual)
         dmax = max([max(len(p[1]), 1) for p in parts], default=1)
         col_index = stack_columns([p[0] for p in parts], np.int32, slot="slices")
@@ -829,6 +843,29 @@ class Accumulator:
             float(2**P_BITS), float(2**LL_BITS), float(2**LL2_BITS), LOG_EPS,
             value, self.with_value, float(2**VALUE_BITS), float(2**VALUE2_BITS),
         )
+
+    def _virtual_index(self, parts: list[tuple], window: np.ndarray | None, n: int) -> np.ndarray:
+        """``(V, n)`` int32: each row's code in the virtual dimensions (those of more than two
+        columns; in the window pass every dimension, the judged ones crossed with the
+        row's window), from the slice columns' dictionary ``parts``."""
+        layout, cols = self.layout, self.layout.slice_columns
+        out = np.empty((len(self._virtual), n), np.int32)
+        if not self._virtual:
+            return out
+        lut = np.zeros((max(len(cols), 1), max([len(p[1]) for p in parts], default=0) + 1), np.int32)
+        for a, (_, table, _) in enumerate(parts):
+            lut[a, : len(table)] = table
+        index = stack_columns([p[0] for p in parts], np.int32, slot="slice-index") if parts else np.zeros((1, n), np.int32)
+        size = np.array([layout.slice_codes[c].size for c in cols] or [1], np.int64)
+        dim_cols = np.full((len(self._virtual), max([len(d) for d in self._virtual] + [1])), -1, np.int64)
+        window_size = np.zeros(len(self._virtual), np.int64)
+        for v, dim in enumerate(self._virtual):
+            dim_cols[v, : len(dim)] = [cols.index(c) for c in dim]
+            if window is not None and v < self._n_crossed:
+                window_size[v] = layout.dim_size(dim)
+        window = window if window is not None else np.zeros(0, np.int64)
+        virtual_codes(index, lut, size - 1, size, dim_cols, window, window_size, out)
+        return out
 
     def _fused_raw(self, grids: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
         """The nine grids of the fused kernel as ``raw`` arrays (linear in the grids)."""

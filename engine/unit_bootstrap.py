@@ -210,7 +210,8 @@ class UnitAccumulator(Accumulator):
 
     def _drain(self, sums: DeviceSums) -> dict[str, np.ndarray]:
         raw = super()._drain(sums)
-        raw.update(self.split(sums.extra[PREFIX].copy_to_host()))
+        counts = sums.extra[PREFIX]  # a device array on the GPU, numpy's on the CPU
+        raw.update(self.split(counts if isinstance(counts, np.ndarray) else counts.copy_to_host()))
         return raw
 
     # ------------------------------------------------------------------ one batch

@@ -130,7 +130,8 @@ class Kernels(Protocol):
         ...
 
     def unit_histogram(
-        self, seed: int, unit_ids: ArrayLike, cells: ArrayLike, n_cells: int, rep_start: int, n_reps: int
+        self, seed: int, unit_ids: ArrayLike, cells: ArrayLike, n_cells: int, rep_start: int, n_reps: int,
+        out: ArrayLike | None = None,
     ) -> np.ndarray:
         """Cell counts of the unit-level Poisson bootstrap, rows x replicates in one pass.
 
@@ -144,10 +145,13 @@ class Kernels(Protocol):
         cells : (M, n) or (n,) int32
             Flat cell of each row (-1: the row does not count), M cells per row.
         n_cells : int
+        out : (n_reps, n_cells) int64 array of the backend, optional
+            Counts to add into (kept with statistics between batches, see
+            :meth:`device_zeros`); returned.
 
         Returns
         -------
-        (n_reps, n_cells) int64 host array
+        (n_reps, n_cells) int64 array (a host array unless ``out`` is given)
         """
         ...
 

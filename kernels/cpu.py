@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from engine import _cache
 from kernels import _rng
-from kernels.cpu_fused import _key_bin
+from kernels.cpu_fused import HostStatistics, _key_bin, fused_add
 
 _cache.announce_compiles()
 _RNG = _rng.build(njit(inline="always", cache=True))
@@ -221,7 +221,19 @@ class CpuKernels:
         _normal_cells(base, keys, rep_start, n_reps, _rng.NORMAL_TABLE, out)
         return out
 
-    def unit_histogram(self, seed, unit_ids, cells, n_cells, rep_start, n_reps):
+    def fused_statistics(self) -> HostStatistics:
+        """Empty sums for :meth:`fused_add` to add batches into (host memory)."""
+        return HostStatistics()
+
+    def fused_add(self, into: HostStatistics, n_threads: int, *args) -> None:
+        """Add a batch's grids into ``into`` (``kernels.cpu_fused.fused_add``)."""
+        fused_add(into, n_threads, *args)
+
+    def device_zeros(self, shape, dtype) -> np.ndarray:
+        """Zeroed sums kept with the statistics (host memory: this backend's "device")."""
+        return np.zeros(shape, dtype)
+
+    def unit_histogram(self, seed, unit_ids, cells, n_cells, rep_start, n_reps, out=None):
         ids = np.ascontiguousarray(unit_ids, dtype=np.uint64)
         cells = np.ascontiguousarray(np.atleast_2d(cells), dtype=np.int32)
         if cells.shape[1] != ids.shape[0]:
@@ -234,7 +246,8 @@ class CpuKernels:
                 UnitBootstrapCostWarning,
                 stacklevel=2,
             )
-        out = np.zeros((max(n_reps, 0), int(n_cells)), dtype=np.int64)
+        if out is None:
+            out = np.zeros((max(n_reps, 0), int(n_cells)), dtype=np.int64)
         base = np.uint64(_rng.stream_base(seed, 0, _rng.STREAM_UNIT))
         if n_reps > 0 and ids.shape[0]:
             _unit_histogram(base, ids, cells, rep_start, n_reps, _rng.POISSON1_THRESHOLDS, out)

@@ -36,10 +36,14 @@ KEY = ("positive_rate", "online", None)
 class _WeightOne(CpuKernels):
     """Every unit weight 1: the unit-level counts must then be the statistics' own."""
 
-    def unit_histogram(self, seed, unit_ids, cells, n_cells, rep_start, n_reps):
+    def unit_histogram(self, seed, unit_ids, cells, n_cells, rep_start, n_reps, out=None):
         cells = np.atleast_2d(cells)
         counts = np.bincount(cells[cells >= 0], minlength=n_cells).astype(np.int64)
-        return np.repeat(counts[None], n_reps, axis=0)
+        counts = np.repeat(counts[None], n_reps, axis=0)
+        if out is None:
+            return counts
+        out += counts
+        return out
 
 
 def _with_users(table: pa.Table, users: int, seed: int = 0) -> pa.Table:

@@ -173,3 +173,27 @@ def test_an_all_null_time_column_in_parquet_is_still_refused(tmp_path):
     cfg = Config(slices=["country"], window="6h", columns={"online": {"ts": "ts"}})
     with pytest.raises(SchemaError, match="all null"):
         _window_spec(cfg, open_table(str(path), "online"), str(path))
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_each_rows_window_is_numpys_formula_on_its_seconds(unit):
+    """``WindowSpec.index`` on timestamps (one compiled pass over the ticks) places every
+    row where the float formula on ``epoch_seconds`` does: window edges, just inside and
+    outside them, nulls, times before the first and after the last window."""
+    from engine.stats import WindowSpec, epoch_seconds
+
+    per_s = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    spec = WindowSpec("ts", origin=1_700_000_000 - 1_700_000_000 % 3600, width=3600, count=30)
+    rng = np.random.default_rng(0)
+    seconds = rng.integers(spec.origin - 7200, spec.origin + 32 * 3600, 20_000)
+    edges = spec.origin + 3600 * np.arange(-1, 32)
+    ticks = np.concatenate([seconds * per_s + rng.integers(0, per_s, seconds.size), edges * per_s, edges * per_s - 1])
+    column = pa.array(ticks, pa.int64()).cast(pa.timestamp(unit))
+    column = pa.array(np.where(rng.random(ticks.size) < 0.05, None, column.to_pylist()), pa.timestamp(unit))
+    with np.errstate(invalid="ignore"):
+        k = np.floor((epoch_seconds(column) - spec.origin) / spec.width)
+    expected = np.where(np.isfinite(k) & (k >= 0) & (k < spec.count), k, spec.count).astype(np.int64)
+    got = spec.index(column)
+    assert np.array_equal(got, expected)
+    assert set(np.unique(got)) == set(range(spec.count + 1))
+    assert np.array_equal(spec.index(pa.chunked_array([column[:100], column[100:]])), expected)
