@@ -226,7 +226,7 @@ class Scenario:
         Decision thresholds.
     injections : list[Injection]
         The injected problems (empty with ``inject=False``).
-    rows, eval_rows, seed, chunk_rows, shuffle : int, int, int, int, bool
+    rows, eval_rows, seed, chunk_rows, shuffle, days : int, int, int, int, bool, int
         The arguments that produced the files.
     """
 
@@ -244,6 +244,7 @@ class Scenario:
     chunk_rows: int = 0
     shuffle: bool = True
     key: str = "request_id"
+    days: int = 1
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict (paths as strings)."""
@@ -262,6 +263,7 @@ class Scenario:
             "chunk_rows": self.chunk_rows,
             "shuffle": self.shuffle,
             "key": self.key,
+            "days": self.days,
         }
 
     def overlapping(self, slice_: dict[str, str]) -> list[Injection]:
@@ -562,14 +564,17 @@ class _OnlineChunk:
 
 
 def _online_chunk(
-    seed: int, c: int, start: int, n: int, rows: int, inject: bool, shuffle: bool
+    seed: int, c: int, start: int, n: int, rows: int, inject: bool, shuffle: bool, days: int = 1
 ) -> _OnlineChunk:
     rng = _rng(seed, _ROLE_ONLINE, c, _SUB_WORLD)
     w = _draw_world(rng, n)
     index = np.arange(start, start + n, dtype=np.int64)
-    pos = (index + rng.random(n)) / rows
-    ts = DAY_START.astype(np.int64) + np.floor(
-        np.interp(pos, _CDF, _T_GRID) * _DAY_US
+    # over several days: the same daily cycle each day, the days one after the other (one
+    # day: ``day`` is 0 and ``pos * days`` is ``pos``, the same times as ever)
+    pos = (index + rng.random(n)) / rows * days
+    day = np.floor(pos)
+    ts = DAY_START.astype(np.int64) + day.astype(np.int64) * _DAY_US + np.floor(
+        np.interp(pos - day, _CDF, _T_GRID) * _DAY_US
     ).astype(np.int64)
     request_id = _request_ids(seed, index)
     has_outcome = w.u_outcome >= MISSING_OUTCOME_RATE
@@ -689,6 +694,7 @@ def generate(
     chunk_rows: int = 1_000_000,
     shuffle: bool = True,
     eval_rows: int | None = None,
+    days: int = 1,
 ) -> Scenario:
     """Write a synthetic deployment (four Parquet files and ``scenario.json``) to ``out_dir``.
 
@@ -715,6 +721,9 @@ def generate(
         score) and the outcomes are in online order.
     eval_rows : int or None
         Rows of the evaluation holdout; defaults to ``rows``.
+    days : int
+        Days of traffic, from 2026-11-05 on, each with the same daily cycle (checks over
+        time windows: ``days=7`` with ``--window 1d`` gives seven daily windows).
 
     Returns
     -------
@@ -725,14 +734,14 @@ def generate(
     -----
     ``evaluation.parquet``: score float32, label int8, value float64, country/device/segment
     string, f_amount/f_age/f_tenure float64, f_clicks int32, f_channel string.
-    ``online.parquet``: request_id int64 (nullable), ts timestamp[us, tz=UTC] (2026-11-05,
+    ``online.parquet``: request_id int64 (nullable), ts timestamp[us, tz=UTC] (from 2026-11-05,
     ascending), score float32, then the slice and feature columns as above.
     ``offline.parquet``: request_id int64, score float32.
     ``outcomes.parquet``: request_id int64, label int8, value float64 (null with an invalid
     label).
     """
-    if rows < 1 or chunk_rows < 1:
-        raise ValueError("rows and chunk_rows must be positive")
+    if rows < 1 or chunk_rows < 1 or days < 1:
+        raise ValueError("rows, chunk_rows and days must be positive")
     if seed < 0:
         raise ValueError("seed must be non-negative")
     eval_rows = rows if eval_rows is None else int(eval_rows)
@@ -757,7 +766,7 @@ def generate(
                 pq.ParquetWriter(paths["offline"], OFFLINE_SCHEMA) as w_off, \
                 pq.ParquetWriter(paths["outcomes"], OUTCOMES_SCHEMA) as w_out:
             for c, start, n in _chunks(rows, chunk_rows):
-                ch = _online_chunk(seed, c, start, n, rows, inject, shuffle)
+                ch = _online_chunk(seed, c, start, n, rows, inject, shuffle, days)
                 w_on.write_table(ch.online, row_group_size=chunk_rows)
                 if park:
                     for name, table in (("offline", ch.offline), ("outcomes", ch.outcomes)):
@@ -785,7 +794,7 @@ def generate(
         evaluation=paths["evaluation"], online=paths["online"], offline=paths["offline"],
         outcomes=paths["outcomes"], slices=list(SLICES), features=dict(FEATURES),
         thresholds=list(THRESHOLDS), injections=injections() if inject else [],
-        rows=rows, seed=seed, eval_rows=eval_rows, chunk_rows=chunk_rows, shuffle=shuffle,
+        rows=rows, seed=seed, eval_rows=eval_rows, chunk_rows=chunk_rows, shuffle=shuffle, days=days,
     )
     (out / "scenario.json").write_text(json.dumps(scenario.to_dict(), indent=2) + "\n")
     return scenario

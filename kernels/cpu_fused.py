@@ -666,7 +666,7 @@ def fused_add(into: HostStatistics, n_threads: int, *args) -> None:
         # the first part's grids become the sums (the kernel made them for this call)
         calib, calib_off, joint, delta, feat, dq, value = rest.pop(0)
         score_h = np.zeros((n_raw, 3, n_fine), np.int64)
-        into.grids = [score_h, calib, np.zeros_like(score_h), calib_off, joint, delta, feat, dq, value]
+        into.grids = [score_h, calib, np.zeros(score_h.shape, np.int64), calib_off, joint, delta, feat, dq, value]
     grids = into.grids
     if n < _PACKED_ROWS:
         for part in packed[1:]:

@@ -44,6 +44,8 @@ are asserted here. The percentile numbers are printed (``pytest -s``) for the re
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -62,6 +64,7 @@ from engine.bootstrap import (
     percentile_interval,
     rate_difference_interval,
     rate_interval,
+    standard_error,
 )
 from engine.encode import LOG_EPS, LayoutBuilder
 from engine.measure import Grids
@@ -919,3 +922,31 @@ def test_percentile_interval_per_column():
                 np.testing.assert_allclose([lo[i, j], hi[i, j]], np.quantile(col, [0.05, 0.95]), rtol=1e-14)
     lo1, hi1 = percentile_interval(x[:, 0, 0], 0.9)
     assert lo1.shape == () and lo1 == lo[0, 0] and hi1 == hi[0, 0]
+
+
+def test_standard_error_and_percentile_interval_are_numpys_numbers():
+    """The shortcuts for replicates without NaN give numpy's numbers bit for bit:
+    ``standard_error`` is ``np.nanstd(reps, axis=0, ddof=1)``, and ``percentile_interval``
+    of the columns without NaN is ``np.quantile`` of those columns (taken out of the others),
+    for any shape, scale, memory layout, and with NaN in some columns, in all of them or
+    nowhere."""
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        B = int(rng.choice([2, 3, 37, 100, 1000]))
+        shape = (B,) + tuple(int(x) for x in rng.integers(1, 20, rng.integers(0, 3)))
+        reps = rng.normal(rng.normal(), rng.exponential(), shape) * 10.0 ** rng.uniform(-8, 4)
+        if trial % 3 == 0:
+            reps[rng.random(shape) < rng.choice([0.01, 0.3, 1.0])] = np.nan
+        if trial % 5 == 0 and reps.ndim == 3:  # a non-contiguous view
+            reps = reps.transpose(0, 2, 1)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = np.nanstd(reps, axis=0, ddof=1)
+        assert np.array_equal(standard_error(reps), expected, equal_nan=True)
+        lo, hi = (x.reshape(-1) for x in percentile_interval(reps, 0.95))
+        flat = reps.reshape(B, -1)
+        clean = ~np.isnan(flat).any(0)
+        if clean.any():
+            alpha = (1.0 - 0.95) / 2.0
+            ref_lo, ref_hi = np.quantile(flat[:, clean], [alpha, 1.0 - alpha], axis=0)
+            assert np.array_equal(lo[clean], ref_lo) and np.array_equal(hi[clean], ref_hi)

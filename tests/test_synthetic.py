@@ -111,6 +111,21 @@ def test_determinism_and_seed(tmp_path):
     assert not _same(ta["evaluation"], tc["evaluation"])
 
 
+
+def test_days_spread_the_same_traffic_over_several_days(tmp_path):
+    """``days=7``: the same rows (only the times differ), in time order, one daily cycle per
+    day, each day's share of the rows a seventh."""
+    one = _tables(syn.generate(tmp_path / "one", rows=14_000, seed=3))
+    week_sc = syn.generate(tmp_path / "week", rows=14_000, seed=3, days=7)
+    week = _tables(week_sc)
+    assert week_sc.to_dict()["days"] == 7
+    assert _same(one["online"].drop(["ts"]), week["online"].drop(["ts"]))
+    ts = week["online"].column("ts").cast(pa.int64()).to_numpy()
+    assert np.all(np.diff(ts) >= 0)
+    day = (ts - syn.DAY_START.astype(np.int64)) // syn._DAY_US
+    assert day.min() == 0 and day.max() == 6
+    assert np.all(np.abs(np.bincount(day) - 2_000) <= 1)
+
 def test_chunked_streaming_and_permuted_order(tmp_path):
     kw = dict(rows=25_000, seed=5, chunk_rows=10_000, eval_rows=12_000)
     a = syn.generate(tmp_path / "a", **kw)
