@@ -105,14 +105,18 @@ def evidence(
     layout = ctx.layout
     fine = ME.fine_resolution(layout)
     online_vals = ME.measure(on, base, fine, layout, need)
-    # the baseline's draws carry its metrics (the windows: measured once, not once a window)
+    boot = None
+    if bootstrap > 0 and need.keys != frozenset():  # (data-quality tests need no replicates)
+        unit = ctx.unit_replicates if whole_run else None  # windows, localisation: cell-level
+        boot = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys, unit=unit)
+        if baseline_draws is None:
+            baseline_draws = boot.baseline_draws(base, need)
+    # the baseline's draws carry its metrics, measured once (the windows share one draw)
     baseline_vals = (
         baseline_draws.fine if baseline_draws is not None else ME.measure(base, None, fine, layout, need.of_baseline())
     )
     reps_on = reps_base = null = None
-    if bootstrap > 0 and need.keys != frozenset():  # (data-quality tests need no replicates)
-        unit = ctx.unit_replicates if whole_run else None  # windows, localisation: cell-level
-        boot = CellBootstrap(layout, ctx.kernels, replicates=bootstrap, seed=seed, slice_keys=slice_keys, unit=unit)
+    if boot is not None:
         reps = boot.run(on, base, shared=baseline_draws, fine_online=online_vals, need=need)
         reps_on, reps_base = reps.online, reps.baseline
     drift = need.drift("score") or need.any_feature()
