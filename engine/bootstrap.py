@@ -232,30 +232,38 @@ class CellBootstrap:
         z = self._draws(self.kernels.normal_cells, self.seed, role, keys.reshape(-1), rep_start, n_reps)
         return z.reshape((n_reps,) + keys.shape)
 
-    def _sum_star(self, n_star, count, total, total_sq, z):
-        """``n* mean + sqrt(n*) sd Z`` per cell (0 where the cell is empty)."""
+    def _sum_star(self, n_star, count, total, total_sq, z, root=None):
+        """``n* mean + sqrt(n*) sd Z`` per cell (0 where the cell is empty); ``root``:
+        ``sqrt(n*)`` where the caller has it (the calibration sums share one)."""
         xp = self.xp
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = xp.where(count > 0, total / xp.maximum(count, 1), 0.0)
             var = xp.where(count > 0, total_sq / xp.maximum(count, 1) - mean * mean, 0.0)
         sd = xp.sqrt(xp.maximum(var, 0.0))
-        return n_star * mean + xp.sqrt(n_star) * sd * z
+        # (sqrt(n*) sd) Z + n* mean, with no temporary more than needed
+        out = (xp.sqrt(n_star) if root is None else root) * sd
+        out *= z
+        out += n_star * mean
+        return out
 
     def _calib_star(self, score_star, calib: dict, grid: str, role: int, r0: int, R: int):
         xp = self.xp
         count = aggregate_bins(score_star, self._coarse_to_calib, self._n_calib)
+        root = xp.sqrt(count)
         z = self._normal(cell_keys(self.slice_keys, grid, calib["count"].shape[1:]), role, r0, R)
         sign = xp.asarray([1.0, -1.0, 1.0])[:, None]  # log-loss term falls with p for positives
         c = calib["count"]
-        p = self._sum_star(count, c, calib["p"], calib["p2"], z)
+        p = self._sum_star(count, c, calib["p"], calib["p2"], z, root)
         with np.errstate(divide="ignore", invalid="ignore"):
             mean_p = xp.where(c > 0, calib["p"] / xp.maximum(c, 1), 0.0)
             var_p = xp.where(c > 0, calib["p2"] / xp.maximum(c, 1) - mean_p**2, 0.0)
         # sd of p^2 by the delta method (the fourth moment is not stored)
         p2_sd_sq = (2.0 * mean_p) ** 2 * xp.maximum(var_p, 0.0)
         p2_mean = xp.where(c > 0, calib["p2"] / xp.maximum(c, 1), 0.0)
-        p2 = count * p2_mean + xp.sqrt(count) * xp.sqrt(p2_sd_sq) * z
-        ll = self._sum_star(count, c, calib["ll"], calib["ll2"], z * sign)
+        p2 = root * xp.sqrt(p2_sd_sq)
+        p2 *= z
+        p2 += count * p2_mean
+        ll = self._sum_star(count, c, calib["ll"], calib["ll2"], z * sign, root)
         return {"count": count, "p": p, "p2": p2, "ll": ll}
 
     def resample(self, g: Grids, role: int, rep_start: int, n_reps: int, need: ME.Need = ME.ALL) -> Grids:

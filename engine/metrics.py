@@ -65,8 +65,9 @@ def _div(num, den):
     xp = xp_of(num, den)
     num = xp.asarray(num, dtype=xp.float64)
     den = xp.asarray(den, dtype=xp.float64)
+    defined = den > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        return xp.where(den > 0, num / xp.where(den > 0, den, 1.0), xp.nan)
+        return xp.where(defined, num / xp.where(defined, den, 1.0), xp.nan)
 
 
 # ----------------------------------------------------------------------------- ranking
