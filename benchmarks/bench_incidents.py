@@ -55,11 +55,16 @@ def main() -> None:
             info[name] = (len(res.incidents), res.run.get("windows", {}).get("count"), res.run["localisation"]["atom_cells"])
     ref = statistics.median(times["no atoms, no windows"])
     print(f"rows {args.rows:,} over {args.days} day(s), repeat {args.repeat} (medians)")
-    print(f"{'configuration':28s} {'median s':>9s} {'ratio':>6s}  incidents windows atoms")
+    print(f"{'configuration':28s} {'median s':>9s} {'ratio':>6s}  incidents windows atoms  {'min-max s':>11s}")
     for name, ts in times.items():
         m = statistics.median(ts)
         n_inc, n_win, n_atoms = info[name]
-        print(f"{name:28s} {m:9.2f} {m / ref:6.2f}  {n_inc:9d} {str(n_win):>7s} {n_atoms:5d}")
+        print(f"{name:28s} {m:9.2f} {m / ref:6.2f}  {n_inc:9d} {str(n_win):>7s} {n_atoms:5d}  {min(ts):5.2f}-{max(ts):5.2f}")
+    # the ratio run by run (each run's three configurations ran one after the other)
+    names = list(times)
+    per_run = [times[names[-1]][i] / times[names[0]][i] for i in range(args.repeat)]
+    print(f"ratio of the last to the first, run by run: median {statistics.median(per_run):.2f} "
+          f"({', '.join(f'{r:.2f}' for r in per_run)})")
 
 
 if __name__ == "__main__":

@@ -404,6 +404,8 @@ def _judge_remainders(
         dq = group == ("data_quality",)
         need = ME.Need(frozenset() if dq else frozenset().union(*of_query.values()))
         ev = evidence_for(ME.select_slices(on, index), ME.select_slices(base, index), keyed[index], need)
+        if not dq:  # the group's metrics nobody asked about are measured (together), not judged
+            ev.online = {k: v for k, v in ev.online.items() if k in need.keys}
         for t in judge._dq_tests(ev) if dq else judge._metric_tests(ev):
             if t.s == 0:
                 continue  # the population's row
