@@ -54,7 +54,7 @@ from engine.encode import (
 )
 from engine.errors import ConfigError, StatisticsError
 from engine.metrics import aggregate_bins
-from kernels.cpu_fused import fused_accumulate, log_loss_terms, stack_columns, uniform_lut, virtual_codes, window_index
+from kernels.cpu_fused import fused_accumulate, log_loss_terms, max_abs, stack_columns, uniform_lut, virtual_codes, window_index
 
 #: Fixed-point resolutions (bits after the binary point) of each summed quantity.
 #: Bounded in [0, 1]: 2**-32. Log-loss terms are at most -log(1e-15) = 34.5: 2**-32 keeps
@@ -746,9 +746,8 @@ class Accumulator:
 
     def _checked_value(self, batch: pa.RecordBatch) -> np.ndarray:
         """The value column as float64 (NaN: none), refused if its sums could overflow."""
-        value = _to_float(batch.column(VALUE)).astype(np.float64)
-        ok = ~np.isnan(value)
-        vmax = float(np.abs(value[ok]).max()) if ok.any() else 0.0
+        value = _to_float(batch.column(VALUE)).astype(np.float64, copy=False)
+        vmax = float(max_abs(value))
         n = max(batch.num_rows, 1)
         if vmax * 2**VALUE_BITS * n >= 2**62 or vmax * vmax * 2**VALUE2_BITS * n >= 2**62:
             raise StatisticsError(f"The 'value' column holds {vmax:g}, too large for exact sums.")

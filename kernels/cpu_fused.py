@@ -516,6 +516,17 @@ def log_loss_terms(p, state, log_eps):
 
 
 
+@njit(nogil=True, cache=True)
+def max_abs(values):
+    """The largest ``|v|`` of ``values`` ignoring NaN (0.0 when there is none), in one pass."""
+    top = 0.0
+    for i in range(values.shape[0]):
+        a = abs(values[i])
+        if a > top:  # False for NaN
+            top = a
+    return top
+
+
 @njit(parallel=True, cache=True)
 def window_index(ticks, null, unit, origin, width, count, out):
     """Each row's time window: ``floor((ticks * unit - origin) / width)`` for a time of

@@ -224,3 +224,22 @@ def test_each_window_has_exactly_the_statistics_of_its_rows(layout, fused, one_p
     assert layout.atoms and stats.rows == plain.rows == n
     for name, arr in plain.raw.items():
         np.testing.assert_array_equal(stats.raw[name], arr, err_msg=f"whole period, grid {name}")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("bad", [1e15, -1e15, float("inf")])
+def test_a_value_too_large_for_exact_sums_is_refused(layout, fused, bad):
+    """Revenue values whose fixed-point sums could overflow are an error naming the value,
+    on both accumulation paths (NaN values, however many, are not)."""
+    from engine.errors import StatisticsError
+
+    table = _table(2_000, 3)
+    value = table["value"].to_numpy().copy()
+    value[::7] = np.nan
+    acc = Accumulator(layout, CpuKernels(fused=fused), paired=True, with_value=True)
+    ok = table.set_column(table.schema.get_field_index("value"), "value", pa.array(value))
+    assert acc.accumulate(ok.to_batches()).rows == 2_000
+    value[11] = bad
+    table = table.set_column(table.schema.get_field_index("value"), "value", pa.array(value))
+    with pytest.raises(StatisticsError, match="too large for exact sums"):
+        acc.accumulate(table.to_batches())
