@@ -45,6 +45,7 @@ from engine.config import Config
 from engine.encode import Layout, stable_key
 from engine import measure as ME
 from engine.measure import Grids
+from kernels.cpu_fused import add_selected_rows
 
 FLAGGED = ("alert", "warn")
 #: Order in which the causes of a model incident's findings decide its cause.
@@ -101,14 +102,14 @@ def _combine(judged, atoms, plus: np.ndarray, minus_judged: np.ndarray, minus_at
 
 
 def _sum_rows(selection: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """``selection @ a`` over the first axis, for a 0/1 ``selection``: through float64 BLAS
-    (integer matrix products have none), exact for counts below 2**53, then back to
-    ``a``'s type."""
-    if not selection.any():
-        return np.zeros((selection.shape[0],) + a.shape[1:], dtype=a.dtype)
-    flat = a.reshape(a.shape[0], -1).astype(np.float64, copy=False)
-    out = (selection.astype(np.float64) @ flat).reshape((selection.shape[0],) + a.shape[1:])
-    return np.rint(out).astype(a.dtype) if np.issubdtype(a.dtype, np.integer) else out
+    """``selection @ a`` over the first axis, for a 0/1 ``selection`` (a remainder takes out
+    a few slices or atoms of hundreds): the selected rows added in ``a``'s type, exact for
+    the integer sums at any size (a float64 matrix product was exact only below 2**53)."""
+    out = np.zeros((selection.shape[0], int(np.prod(a.shape[1:], dtype=np.int64))), dtype=a.dtype)
+    rows, cols = np.nonzero(selection)
+    if rows.size:
+        add_selected_rows(rows, cols, np.ascontiguousarray(a).reshape(a.shape[0], -1), out)
+    return out.reshape((selection.shape[0],) + a.shape[1:])
 
 
 def derive(cells: SliceCells, plus: np.ndarray, minus_judged: np.ndarray, minus_atoms: np.ndarray | None) -> Grids:

@@ -517,6 +517,17 @@ def log_loss_terms(p, state, log_eps):
 
 
 @njit(nogil=True, cache=True)
+def add_selected_rows(rows, cols, a, out):
+    """``out[rows[t]] += a[cols[t]]`` for every ``t``: a 0/1 matrix (given by its nonzeros)
+    times ``a``, in ``a``'s own type (integers exact at any size), with work in proportion
+    to the nonzeros rather than to the matrix."""
+    for t in range(rows.shape[0]):
+        r, c = rows[t], cols[t]
+        for k in range(a.shape[1]):
+            out[r, k] += a[c, k]
+
+
+@njit(nogil=True, cache=True)
 def max_abs(values):
     """The largest ``|v|`` of ``values`` ignoring NaN (0.0 when there is none), in one pass."""
     top = 0.0
