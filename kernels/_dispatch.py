@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 from engine.errors import BackendUnavailableError
 
 BACKENDS = ("auto", "cpu", "gpu")
+
+#: Where Linux shows an NVIDIA GPU (bare metal and containers: the ``nvidia*`` nodes; WSL 2:
+#: ``dxg``; the driver: ``/proc/driver/nvidia``). None of them: no CUDA device, known
+#: without importing numba.cuda, which ``auto`` would otherwise pay on every CPU run.
+NVIDIA_DEVICE_PATHS = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/proc/driver/nvidia")
+
+
+def _no_nvidia_device() -> bool:
+    """True where this is Linux and none of :data:`NVIDIA_DEVICE_PATHS` exists."""
+    return sys.platform.startswith("linux") and not any(os.path.exists(p) for p in NVIDIA_DEVICE_PATHS)
 
 
 def gpu_problem(allow_simulator: bool = True) -> str | None:
@@ -17,11 +28,14 @@ def gpu_problem(allow_simulator: bool = True) -> str | None:
     (that is how the CUDA kernels are tested on machines without one); ``auto`` never picks
     it, since it runs one Python thread per CUDA thread.
     """
+    simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    if not simulator and _no_nvidia_device():
+        return f"no CUDA device was found (none of {', '.join(NVIDIA_DEVICE_PATHS)} exists)"
     try:
         from numba import cuda
     except Exception as exc:  # numba without its CUDA target
         return f"numba's CUDA target cannot be imported ({exc}); install parity[gpu]"
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    if simulator:
         return None if allow_simulator else "only Numba's CUDA simulator is enabled"
     try:
         if not cuda.is_available():

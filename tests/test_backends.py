@@ -143,6 +143,31 @@ def test_auto_falls_back_to_the_cpu_silently_and_the_run_record_says_why():
     assert [f.to_dict() for f in auto.findings] == [f.to_dict() for f in cpu.findings]
 
 
+def test_auto_on_a_machine_without_nvidia_devices_never_imports_numba_cuda():
+    """Without an NVIDIA device node (no GPU, known from the file system) ``auto`` takes the
+    CPU without importing numba.cuda (0.05-0.1 s of every run), and ``gpu`` says why."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from kernels import _dispatch\n"
+        "_dispatch.NVIDIA_DEVICE_PATHS = ('/nonexistent/nvidiactl',)\n"
+        "from kernels import get_kernels\n"
+        "k = get_kernels('auto')\n"
+        "print(type(k).__name__, 'numba.cuda' in sys.modules)\n"
+        "print(_dispatch.gpu_problem(False))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    first, reason = out.stdout.splitlines()[:2]
+    if sys.platform.startswith("linux"):
+        assert first == "CpuKernels False"
+        assert reason == "no CUDA device was found (none of /nonexistent/nvidiactl exists)"
+    else:  # elsewhere numba.cuda is asked
+        assert first.startswith("CpuKernels")
+
+
 def test_a_check_leaves_the_garbage_collector_as_it_found_it():
     """run_check collects less often while it runs (engine.pipeline._fewer_collections) and
     restores the thresholds after; objects a caller froze stay frozen."""

@@ -409,6 +409,7 @@ def test_a_device_that_cannot_compile_is_unavailable_not_a_traceback(monkeypatch
         raise AttributeError("module 'numpy' has no attribute 'row_stack'")
 
     monkeypatch.delenv("NUMBA_ENABLE_CUDASIM")  # read at call time: a device, as far as it knows
+    monkeypatch.setattr(_dispatch, "_no_nvidia_device", lambda: False)
     monkeypatch.setattr(cuda, "is_available", lambda: True)
     monkeypatch.setattr(_dispatch, "_run_probe", broken)
     _dispatch._device_probe.cache_clear()
