@@ -146,6 +146,7 @@ def test_auto_falls_back_to_the_cpu_silently_and_the_run_record_says_why():
 def test_auto_on_a_machine_without_nvidia_devices_never_imports_numba_cuda():
     """Without an NVIDIA device node (no GPU, known from the file system) ``auto`` takes the
     CPU without importing numba.cuda (0.05-0.1 s of every run), and ``gpu`` says why."""
+    import os
     import subprocess
     import sys
 
@@ -158,7 +159,7 @@ def test_auto_on_a_machine_without_nvidia_devices_never_imports_numba_cuda():
         "print(type(k).__name__, 'numba.cuda' in sys.modules)\n"
         "print(_dispatch.gpu_problem(False))\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     first, reason = out.stdout.splitlines()[:2]
     if sys.platform.startswith("linux"):
