@@ -14,7 +14,7 @@ import traceback
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Callable, Iterator, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -653,11 +653,31 @@ def demo_cmd(
 
 def main() -> None:
     """Console-script entry point."""
+    code = EXIT_OK
     try:
         app(standalone_mode=True)
     except SystemExit as exc:
-        code = exc.code
-        sys.exit(code if isinstance(code, int) else (EXIT_USAGE if code else EXIT_OK))
+        code = exc.code if isinstance(exc.code, int) else (EXIT_USAGE if exc.code else EXIT_OK)
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with ``code`` without tearing the interpreter down, as mypy does.
+
+    After a check that ran to its verdict every output is written and closed; freeing each
+    module, kernel and array one by one took 0.23-0.34 s of a 2.8 s check on 300k rows
+    (RESULTS). Errors (exit 2 and 3) exit the normal way, so what an interrupted join leaves
+    for the garbage collector (its temporary directory) is still removed, and so does a
+    process that imported ``distributed`` (a Dask client's shutdown runs at exit).
+    """
+    if code not in (EXIT_OK, EXIT_FINDINGS) or "distributed" in sys.modules:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`parity ... | head`): nothing to flush to
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -232,6 +232,31 @@ def test_exit_codes_follow_fail_on(checked):
     assert "verdict: alert" in a.stdout
 
 
+def test_a_check_exits_without_teardown_yet_leaves_everything_written(world, tmp_path):
+    """After a verdict ``main`` leaves with ``os._exit``: the piped output is the same as a
+    normal exit's, the JSON is whole and the join's temporary directory is gone."""
+    sc = world["inj"]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    args = [
+        "check", "--baseline", world["baseline"], "--online", sc.online, "--offline", sc.offline,
+        "--outcomes", sc.outcomes, *BOOT, "--seed", SEED,
+    ]
+    fast = parity(*args, "--json", tmp_path / "fast.json", env=env)
+    normal = subprocess.run(  # the same command, through the normal interpreter exit
+        [sys.executable, "-c", "import sys, engine.cli; sys.argv[0] = 'parity'; engine.cli.app()",
+         *map(str, args), "--json", str(tmp_path / "normal.json")],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )
+    assert fast.returncode == normal.returncode == 1, (fast.stderr, normal.stderr)
+    assert fast.stdout == normal.stdout and "verdict: alert" in fast.stdout
+    assert fast.stderr == normal.stderr
+    fast_doc, normal_doc = (strict_json((tmp_path / f"{n}.json").read_text()) for n in ("fast", "normal"))
+    assert fast_doc["findings"] == normal_doc["findings"]
+    assert list(tmp.iterdir()) == []
+
+
 def test_clean_data_exits_0_with_the_default_fail_on(world, tmp_path):
     sc = world["clean"]
     proc = parity(

@@ -41,9 +41,9 @@ def _python(code: str, env: dict[str, str], timeout: float = 600) -> subprocess.
         "import engine",
         "import engine.cli",
         "import kernels",
-        # what `parity check --help` runs, up to its exit
-        "import sys, runpy; sys.argv = ['parity', 'check', '--help']\n"
-        "try:\n    runpy.run_module('engine.cli', run_name='__main__')\nexcept SystemExit:\n    pass",
+        # what `parity check --help` runs, up to its exit (`main` then leaves with os._exit)
+        "import sys, engine.cli; sys.argv = ['parity', 'check', '--help']\n"
+        "try:\n    engine.cli.app(standalone_mode=True)\nexcept SystemExit:\n    pass",
     ],
     ids=["engine", "engine.cli", "kernels", "check --help"],
 )
