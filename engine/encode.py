@@ -101,18 +101,27 @@ def _unique_sorted(values: Iterable[float]) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
-def quantile_edges(sample: np.ndarray, n_bins: int, lo: float = -np.inf, hi: float = np.inf) -> np.ndarray:
+def quantile_edges(
+    sample: np.ndarray, n_bins: int, lo: float = -np.inf, hi: float = np.inf, *, presorted: bool = False
+) -> np.ndarray:
     """Interior edges at the ``k / n_bins`` quantiles of ``sample``, de-duplicated.
 
-    Edges equal to the sample minimum are dropped (the first bin would be empty), and only
-    edges strictly inside ``(lo, hi)`` are kept.
+    The quantiles are ``np.quantile(..., method="inverted_cdf")``'s, taken from the sorted
+    sample (a sort is 3-6x faster than that call's multi-point partition at 1M values, and
+    one sort serves every grid of a sample: ``presorted``). Edges equal to the sample minimum
+    are dropped (the first bin would be empty), and only edges strictly inside ``(lo, hi)``
+    are kept.
     """
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
+    finite = sample[np.isfinite(sample)]
+    ordered = finite if presorted else np.sort(finite)
+    if ordered.size == 0:
         return np.zeros(0)
-    q = np.quantile(sample, np.arange(1, n_bins) / n_bins, method="inverted_cdf")
-    q = np.unique(q)
-    q = q[(q > sample.min()) & (q > lo) & (q < hi)]
+    # the inverted CDF at k/n: order statistic ceil(size k/n), numpy's index arithmetic
+    virtual = ordered.size * (np.arange(1, n_bins) / n_bins) - 1
+    below = np.floor(virtual)
+    index = np.where(virtual - below == 0, below, below + 1).astype(np.intp)
+    q = np.unique(ordered[np.maximum(index, 0)])
+    q = q[(q > ordered[0]) & (q > lo) & (q < hi)]
     return q.astype(np.float64)
 
 
@@ -379,11 +388,11 @@ class LayoutBuilder:
         """Freeze the layout."""
         slice_codes = {c: self._top_k(c) for c in self.slice_columns}
         scores = np.concatenate(self._samples[self.score_column]) if self._samples[self.score_column] else np.zeros(0)
-        scores = scores[(scores >= 0) & (scores <= 1)]
+        scores = np.sort(scores[(scores >= 0) & (scores <= 1)])
         if scores.size == 0:
             raise ConfigError("The evaluation data has no valid score in [0, 1]; cannot build a baseline.")
-        deciles = quantile_edges(scores, 10, 0.0, 1.0)
-        fine = quantile_edges(scores, self.score_bins, 0.0, 1.0)
+        deciles = quantile_edges(scores, 10, 0.0, 1.0, presorted=True)
+        fine = quantile_edges(scores, self.score_bins, 0.0, 1.0, presorted=True)
         thresholds = np.asarray(self.thresholds, dtype=np.float64)
         # Quantile edges resolve the baseline's own scores; a uniform 1/256 grid (and
         # log-spaced edges below the first quantile) keeps online scores that moved outside
@@ -391,16 +400,16 @@ class LayoutBuilder:
         floor_grid = np.arange(1, UNIFORM_SCORE_BINS) / UNIFORM_SCORE_BINS
         low_tail = np.geomspace(1e-7, fine[0], 16)[:-1] if fine.size and fine[0] > 1e-7 else np.zeros(0)
         score_edges = _unique_sorted(np.concatenate([fine, deciles, thresholds, floor_grid, low_tail]))
-        coarse = quantile_edges(scores, COARSE_SCORE_BINS, 0.0, 1.0)
+        coarse = quantile_edges(scores, COARSE_SCORE_BINS, 0.0, 1.0, presorted=True)
         coarse_edges = _unique_sorted(np.concatenate([coarse, deciles, thresholds]))
         # the coarse grid must be a coarsening of the fine one (k/32 = 32k/1024 quantiles)
         coarse_edges = coarse_edges[np.isin(coarse_edges, score_edges)]
         features = []
         for name, kind in self.features.items():
             if kind == "numeric":
-                values = np.concatenate(self._samples[name]) if self._samples[name] else np.zeros(0)
-                dec = quantile_edges(values, 10)
-                edges = _unique_sorted(np.concatenate([quantile_edges(values, 32), dec]))
+                values = np.sort(np.concatenate(self._samples[name])) if self._samples[name] else np.zeros(0)
+                dec = quantile_edges(values, 10, presorted=True)
+                edges = _unique_sorted(np.concatenate([quantile_edges(values, 32, presorted=True), dec]))
                 lower = np.concatenate([[-np.inf], edges])
                 decile_bins = np.searchsorted(dec, lower, side="right").astype(np.int32)
                 low = float(values.min()) if values.size else 0.0

@@ -221,3 +221,34 @@ def test_layout_is_not_degenerate():
     dq = s.grid("dq")[0][0]
     assert all(dq[i] > 0 for i in range(len(acc.dq_flags)) if acc.dq_flags[i] != "null_key")
     assert s.grid("value")[1].min() < 0  # negative values are summed too
+
+
+# ------------------------------------------------------------------------------- layout edges
+def _numpy_quantile_edges(sample, n_bins, lo=-np.inf, hi=np.inf):
+    """The edges as ``np.quantile(method="inverted_cdf")`` gives them: the reference."""
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return np.zeros(0)
+    q = np.unique(np.quantile(sample, np.arange(1, n_bins) / n_bins, method="inverted_cdf"))
+    return q[(q > sample.min()) & (q > lo) & (q < hi)].astype(np.float64)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+            st.sampled_from([0.0, 0.25, 0.5, 1.0, np.nan, np.inf, -np.inf]),  # ties and non-finite
+        ),
+        max_size=300,
+    ),
+    st.integers(2, 1100),
+    st.booleans(),
+)
+def test_quantile_edges_are_numpys_inverted_cdf_quantiles(values, n_bins, bounded):
+    from engine.encode import quantile_edges
+
+    sample = np.asarray(values, dtype=np.float64)
+    lo, hi = (0.0, 1.0) if bounded else (-np.inf, np.inf)
+    want = _numpy_quantile_edges(sample, n_bins, lo, hi)
+    assert np.array_equal(quantile_edges(sample, n_bins, lo, hi), want)
+    assert np.array_equal(quantile_edges(np.sort(sample), n_bins, lo, hi, presorted=True), want)
