@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.encode import LayoutBuilder
+from engine.encode import LayoutBuilder, quantile_edges
 from engine.errors import StatisticsError
 from engine.stats import Accumulator, Statistics
 from kernels import get_kernels
@@ -245,8 +245,6 @@ def _numpy_quantile_edges(sample, n_bins, lo=-np.inf, hi=np.inf):
     st.booleans(),
 )
 def test_quantile_edges_are_numpys_inverted_cdf_quantiles(values, n_bins, bounded):
-    from engine.encode import quantile_edges
-
     sample = np.asarray(values, dtype=np.float64)
     lo, hi = (0.0, 1.0) if bounded else (-np.inf, np.inf)
     want = _numpy_quantile_edges(sample, n_bins, lo, hi)
